@@ -1,0 +1,55 @@
+"""Query Lambda: k-NN search and k-NN classification over a published collection.
+
+Thin by design: validate and run the event through ``kdbuckets.service.query``, record what
+the request cost as CloudWatch metrics (EMF), return the response. The ``Searcher`` lives at
+module level so a warm container reuses its manifest and bucket caches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from kdbuckets import KdBucketsError, ObjectStore, Searcher, service
+from kdbuckets.errors import InternalError
+
+logger = Logger()
+metrics = Metrics()
+_searcher: Searcher | None = None
+
+
+def searcher() -> Searcher:
+    """The container-wide searcher, configured from INDEX_BUCKET / INDEX_PREFIX on first use."""
+    global _searcher
+    if _searcher is None:
+        _searcher = Searcher(ObjectStore(os.environ["INDEX_BUCKET"], os.environ.get("INDEX_PREFIX", "")))
+    return _searcher
+
+
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        response = service.query(event, searcher())
+    except KdBucketsError as exc:
+        logger.warning("query rejected", extra={"error": type(exc).__name__, "reason": str(exc)})
+        raise
+    except Exception:
+        logger.exception("query failed unexpectedly")
+        raise InternalError(
+            f"internal error; see the function logs for request {context.aws_request_id}"
+        ) from None
+    stats = response["stats"]
+    metrics.add_metric(name="QueryVectors", unit=MetricUnit.Count, value=len(response["results"]))
+    metrics.add_metric(name="BucketsFetched", unit=MetricUnit.Count, value=stats["buckets_fetched"])
+    metrics.add_metric(name="BytesFetched", unit=MetricUnit.Bytes, value=stats["bytes_fetched"])
+    metrics.add_metric(name="CacheHits", unit=MetricUnit.Count, value=stats["cache_hits"])
+    metrics.add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=stats["elapsed_ms"])
+    logger.info(
+        "query served", extra={"collection": response["collection"], "version": response["version"], **stats}
+    )
+    return response

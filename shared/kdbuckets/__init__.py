@@ -1,0 +1,41 @@
+"""kdbuckets: a serverless vector index of average-split k-d tree buckets in object storage.
+
+Build with :func:`build_index` (or :func:`kdbuckets.service.build` from an event), query with
+:class:`Searcher`. Nothing in this package knows about Lambda or reads the environment.
+"""
+
+from .builder import BuildParams, BuildResult, build_index
+from .collection import Collection, make_collection
+from .errors import (
+    CollectionNotFound,
+    Conflict,
+    CorruptObject,
+    InvalidRequest,
+    KdBucketsError,
+    SourceError,
+    StorageError,
+)
+from .searcher import Classification, QueryStats, Searcher, SearchResult
+from .storage import ObjectStore
+
+__all__ = [
+    "BuildParams",
+    "BuildResult",
+    "Classification",
+    "Collection",
+    "CollectionNotFound",
+    "Conflict",
+    "CorruptObject",
+    "InvalidRequest",
+    "KdBucketsError",
+    "ObjectStore",
+    "QueryStats",
+    "SearchResult",
+    "Searcher",
+    "SourceError",
+    "StorageError",
+    "build_index",
+    "make_collection",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""A validated in-memory collection: the one shape every source reader produces.
+
+Validation happens here, once, before anything is written: every error names the field
+(``source.vectors``, ``items[3].vector``, ``source.ids``) and the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidRequest
+
+MAX_DIM = 4096
+MAX_ID_BYTES = 256
+MAX_LABELS = 65_536
+
+
+@dataclass(frozen=True)
+class Collection:
+    """vectors (n, d) float32; ids (n,) int64 or unicode; label codes (n,) int32 + names."""
+
+    vectors: np.ndarray
+    ids: np.ndarray
+    label_codes: np.ndarray | None
+    label_names: list[str] | None
+
+    @property
+    def count(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def make_collection(
+    vectors: np.ndarray,
+    ids: np.ndarray | None,
+    labels: np.ndarray | None,
+    *,
+    metric: str,
+    fields: tuple[str, str, str] = ("source.vectors", "source.ids", "source.labels"),
+) -> Collection:
+    """Check and normalise raw arrays into a :class:`Collection`.
+
+    ``fields`` names the three inputs in error messages, so the caller's vocabulary
+    (an S3 source, a JSON Lines file, inline items) reaches the user.
+    """
+    vf, idf, lf = fields
+    if vectors.ndim != 2:
+        raise InvalidRequest(vf, f"must be a 2-D array (rows × dimensions), got shape {vectors.shape}")
+    n, d = vectors.shape
+    if n == 0:
+        raise InvalidRequest(vf, "is empty; a collection needs at least one vector")
+    if not 1 <= d <= MAX_DIM:
+        raise InvalidRequest(vf, f"has {d} dimensions; supported are 1 to {MAX_DIM}")
+    if vectors.dtype.kind not in "fiu":
+        raise InvalidRequest(vf, f"must be numeric, got dtype {vectors.dtype}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InvalidRequest(f"{vf}[{row}]", "contains NaN or Inf (or a value too large for float32)")
+    if metric == "cosine":
+        zero = ~np.any(vectors != 0, axis=1)
+        if zero.any():
+            raise InvalidRequest(
+                f"{vf}[{int(np.argmax(zero))}]", "is all zeros; cosine needs a nonzero vector"
+            )
+    ids = _check_ids(ids, n, idf)
+    codes, names = _check_labels(labels, n, lf)
+    return Collection(vectors=vectors, ids=ids, label_codes=codes, label_names=names)
+
+
+def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    if ids.shape != (n,):
+        raise InvalidRequest(field, f"has shape {ids.shape}; expected ({n},) to match the vectors")
+    if ids.dtype.kind in "iu":
+        if ids.dtype.kind == "u" and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+            raise InvalidRequest(field, "holds integers larger than int64")
+        ids = ids.astype(np.int64)
+    elif ids.dtype.kind in "US":
+        ids = ids.astype(str)
+        lengths = np.char.str_len(np.char.encode(ids, "utf-8")) if ids.size else np.zeros(0)
+        if ids.size and (lengths.min() == 0 or lengths.max() > MAX_ID_BYTES):
+            row = int(np.argmax((lengths == 0) | (lengths > MAX_ID_BYTES)))
+            raise InvalidRequest(f"{field}[{row}]", f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
+    else:
+        raise InvalidRequest(field, f"must hold integers or strings, got dtype {ids.dtype}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) != n:
+        dup = uniq[np.argmax(counts > 1)]
+        raise InvalidRequest(field, f"must be unique; {dup.item()!r} appears {counts.max()} times")
+    return ids
+
+
+def _check_labels(
+    labels: np.ndarray | None, n: int, field: str
+) -> tuple[np.ndarray | None, list[str] | None]:
+    if labels is None:
+        return None, None
+    if labels.shape != (n,):
+        raise InvalidRequest(field, f"has shape {labels.shape}; expected ({n},) to match the vectors")
+    if labels.dtype.kind not in "iuUS":
+        raise InvalidRequest(field, f"must hold integers or strings, got dtype {labels.dtype}")
+    values = labels.astype(str)
+    names, codes = np.unique(values, return_inverse=True)
+    if len(names) > MAX_LABELS:
+        raise InvalidRequest(field, f"has {len(names)} distinct labels; at most {MAX_LABELS} are supported")
+    return codes.astype(np.int32), names.tolist()

@@ -1,0 +1,227 @@
+"""The index manifest (immutable, one per version) and the HEAD pointer (mutable, tiny).
+
+A manifest carries everything a query needs before it touches a bucket: dimension, metric,
+build parameters, the tree, and the bucket table (fingerprint, size, rows, centroid, radius
+per bucket) — so a query knows exactly which objects to GET and how large they are. HEAD is a
+small JSON document naming the live version and the SHA-256 of its manifest, so a swapped or
+damaged manifest is detected before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import codec
+from .errors import CorruptObject
+from .tree import Tree
+
+FORMAT = "kdbuckets/manifest"
+FORMAT_VERSION = 1
+HEAD_FORMAT = "kdbuckets/head"
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class BucketTable:
+    """Per-bucket facts, indexed by bucket (= tree leaf) number.
+
+    fingerprints : SHA-256 hex of each bucket object (its key).
+    sizes, rows : (nb,) int64 bytes and vectors per bucket.
+    centroids : (nb, d) float32 mean of each bucket's stored vectors.
+    radii : (nb,) float32 largest distance from the centroid to a member (l2 in stored space).
+    """
+
+    fingerprints: list[str]
+    sizes: np.ndarray
+    rows: np.ndarray
+    centroids: np.ndarray
+    radii: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything about one published version of a collection except the vectors."""
+
+    collection: str
+    version: str
+    created_at: str
+    dim: int
+    metric: str
+    dtype: str
+    count: int
+    id_kind: str
+    label_names: list[str] | None
+    params: dict[str, Any]
+    tree: Tree
+    buckets: BucketTable
+    parent: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_buckets(self) -> int:
+        return len(self.buckets)
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    """Serialise a manifest to msgpack (arrays as raw bytes)."""
+    t, b = m.tree, m.buckets
+    return codec.dumps(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "collection": m.collection,
+            "version": m.version,
+            "parent": m.parent,
+            "created_at": m.created_at,
+            "dim": m.dim,
+            "metric": m.metric,
+            "dtype": m.dtype,
+            "count": m.count,
+            "id_kind": m.id_kind,
+            "label_names": m.label_names,
+            "params": m.params,
+            "tree": {
+                "planes": codec.pack_array(t.planes.astype("<f4")),
+                "node_plane": codec.pack_array(t.node_plane.astype("<i4")),
+                "threshold": codec.pack_array(t.threshold.astype("<f4")),
+                "left": codec.pack_array(t.left.astype("<i4")),
+                "right": codec.pack_array(t.right.astype("<i4")),
+                "node_leaf": codec.pack_array(t.node_leaf.astype("<i4")),
+            },
+            "buckets": {
+                "fingerprints": list(b.fingerprints),
+                "sizes": codec.pack_array(b.sizes.astype("<i8")),
+                "rows": codec.pack_array(b.rows.astype("<i8")),
+                "centroids": codec.pack_array(b.centroids.astype("<f4")),
+                "radii": codec.pack_array(b.radii.astype("<f4")),
+            },
+            "extra": m.extra,
+        }
+    )
+
+
+def decode_manifest(body: bytes, *, key: str) -> Manifest:
+    """Decode and cross-check a manifest; inconsistencies raise :class:`CorruptObject`."""
+    obj = codec.loads(body, key=key)
+    if obj.get("format") != FORMAT:
+        raise CorruptObject(key, "not a kdbuckets manifest")
+    if codec.require(obj, "format_version", int, key=key) != FORMAT_VERSION:
+        raise CorruptObject(key, f"unsupported manifest format_version {obj['format_version']}")
+    dim = codec.require(obj, "dim", int, key=key)
+    tree_node = codec.require(obj, "tree", dict, key=key)
+
+    def arr(node: dict, name: str, dtype: str, ndim: int) -> np.ndarray:
+        return codec.unpack_array(node.get(name), key=key, name=name, dtype=dtype, ndim=ndim)
+
+    tree = Tree(
+        planes=arr(tree_node, "planes", "<f4", 2),
+        node_plane=arr(tree_node, "node_plane", "<i4", 1),
+        threshold=arr(tree_node, "threshold", "<f4", 1),
+        left=arr(tree_node, "left", "<i4", 1),
+        right=arr(tree_node, "right", "<i4", 1),
+        node_leaf=arr(tree_node, "node_leaf", "<i4", 1),
+    )
+    bnode = codec.require(obj, "buckets", dict, key=key)
+    fingerprints = bnode.get("fingerprints")
+    if not isinstance(fingerprints, list) or not all(
+        isinstance(f, str) and _SHA256.match(f) for f in fingerprints
+    ):
+        raise CorruptObject(key, "bucket fingerprints are not SHA-256 hex strings")
+    table = BucketTable(
+        fingerprints=fingerprints,
+        sizes=arr(bnode, "sizes", "<i8", 1),
+        rows=arr(bnode, "rows", "<i8", 1),
+        centroids=arr(bnode, "centroids", "<f4", 2),
+        radii=arr(bnode, "radii", "<f4", 1),
+    )
+    _check_consistency(key, dim, tree, table)
+    label_names = obj.get("label_names")
+    if label_names is not None and not (
+        isinstance(label_names, list) and all(isinstance(x, str) for x in label_names)
+    ):
+        raise CorruptObject(key, "label_names is not a list of strings")
+    return Manifest(
+        collection=codec.require(obj, "collection", str, key=key),
+        version=codec.require(obj, "version", str, key=key),
+        parent=obj.get("parent"),
+        created_at=codec.require(obj, "created_at", str, key=key),
+        dim=dim,
+        metric=codec.require(obj, "metric", str, key=key),
+        dtype=codec.require(obj, "dtype", str, key=key),
+        count=codec.require(obj, "count", int, key=key),
+        id_kind=codec.require(obj, "id_kind", str, key=key),
+        label_names=label_names,
+        params=codec.require(obj, "params", dict, key=key),
+        tree=tree,
+        buckets=table,
+        extra=obj.get("extra") or {},
+    )
+
+
+def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> None:
+    n_nodes = tree.node_plane.shape[0]
+    nb = len(table.fingerprints)
+    same_len = {a.shape[0] for a in (tree.threshold, tree.left, tree.right, tree.node_leaf)}
+    if same_len != {n_nodes} or n_nodes == 0:
+        raise CorruptObject(key, "tree arrays disagree in length")
+    if tree.planes.shape[1:] != (dim,) and tree.planes.shape[0] > 0:
+        raise CorruptObject(key, f"tree planes have dimension {tree.planes.shape[1]}, not {dim}")
+    internal = tree.node_plane >= 0
+    if (
+        np.any(tree.node_plane >= tree.planes.shape[0])
+        or np.any(internal & ((tree.left <= 0) | (tree.right <= 0)))
+        or np.any(tree.left >= n_nodes)
+        or np.any(tree.right >= n_nodes)
+        or sorted(tree.node_leaf[~internal].tolist()) != list(range(nb))
+    ):
+        raise CorruptObject(key, "tree structure is inconsistent with its bucket table")
+    for name, a in (("sizes", table.sizes), ("rows", table.rows), ("radii", table.radii)):
+        if a.shape != (nb,):
+            raise CorruptObject(key, f"bucket {name} have {a.shape[0]} entries, expected {nb}")
+    if table.centroids.shape != (nb, dim):
+        raise CorruptObject(key, "bucket centroids have the wrong shape")
+
+
+def encode_head(version: str, manifest_key: str, manifest_sha256: str) -> bytes:
+    """The HEAD document (JSON, so `aws s3 cp …/HEAD -` is readable by a human)."""
+    doc = {
+        "format": HEAD_FORMAT,
+        "format_version": 1,
+        "version": version,
+        "manifest": manifest_key,
+        "sha256": manifest_sha256,
+    }
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class Head:
+    version: str
+    manifest_key: str
+    sha256: str
+
+
+def decode_head(body: bytes, *, key: str) -> Head:
+    """Parse HEAD, refusing anything that does not look exactly like one."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CorruptObject(key, "HEAD is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
+        raise CorruptObject(key, "not a kdbuckets HEAD")
+    version, mkey, sha = doc.get("version"), doc.get("manifest"), doc.get("sha256")
+    if not (isinstance(version, str) and _VERSION.match(version)):
+        raise CorruptObject(key, "HEAD names no valid version")
+    if not (isinstance(mkey, str) and isinstance(sha, str) and _SHA256.match(sha)):
+        raise CorruptObject(key, "HEAD names no valid manifest")
+    return Head(version=version, manifest_key=mkey, sha256=sha)

@@ -1,0 +1,379 @@
+"""Query path: HEAD → manifest → rank buckets → fetch the top ``probes`` → exact k-NN.
+
+A :class:`Searcher` lives as long as the process (a warm Lambda container): it keeps the
+manifests it has read, revalidates ``HEAD`` at most every ``head_ttl`` seconds with a
+conditional GET, and keeps decoded buckets in a byte-bounded LRU. Work is batched: every
+bucket is fetched once per request and scored once against all the queries that probe it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import layout, metrics
+from .bucket import Bucket, decode_bucket
+from .cache import ByteBudgetLRU
+from .codec import fingerprint
+from .errors import CollectionNotFound, CorruptObject, InvalidRequest
+from .manifest import Head, Manifest, decode_head, decode_manifest
+from .storage import NotFound, ObjectStore
+
+RANKINGS = ("centroid", "bbf")
+DEFAULT_RANKING = "centroid"
+MAX_K = 1000
+_MANIFESTS_KEPT = 8
+
+
+@dataclass
+class QueryStats:
+    """What one request cost; the figures users pay for."""
+
+    buckets_fetched: int = 0
+    bytes_fetched: int = 0
+    cache_hits: int = 0
+    manifest_fetched: bool = False
+    s3_gets: int = 0
+    probes: int = 0
+    elapsed_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SearchResult:
+    """Neighbours of each query, nearest first.
+
+    distances : (nq, k) float64; ``inf`` where fewer than k neighbours were found.
+    ids : nq lists of k ids (None where missing).
+    label_codes : (nq, k) int32 codes into ``label_names``; -1 where missing or unlabelled.
+    """
+
+    version: str
+    distances: np.ndarray
+    ids: list[list[int | str | None]]
+    label_codes: np.ndarray
+    label_names: list[str] | None
+    stats: QueryStats = field(default_factory=QueryStats)
+
+    def labels(self) -> list[list[str | None]]:
+        names = self.label_names
+        return [[names[c] if names and c >= 0 else None for c in row] for row in self.label_codes.tolist()]
+
+
+@dataclass
+class Classification:
+    """k-NN vote per query: the winning label and every label's share of the vote."""
+
+    predicted: list[str]
+    shares: np.ndarray  # (nq, n_labels) float64, rows sum to 1
+    label_names: list[str]
+    neighbours: SearchResult
+
+    def votes(self, i: int) -> dict[str, float]:
+        row = self.shares[i]
+        nz = np.flatnonzero(row >= 5e-7)  # shares that would print as 0.0 are left out
+        nz = nz[np.argsort(-row[nz], kind="stable")]
+        return {self.label_names[j]: round(float(row[j]), 6) for j in nz}
+
+
+@dataclass
+class _HeadState:
+    head: Head
+    etag: str
+    checked_at: float
+
+
+class Searcher:
+    """Searches collections stored under one :class:`ObjectStore`.
+
+    Parameters
+    ----------
+    store : where the indexes live.
+    cache_bytes : budget of the decoded-bucket LRU (kept across requests).
+    head_ttl : seconds a HEAD read stays trusted before it is revalidated.
+    """
+
+    def __init__(self, store: ObjectStore, *, cache_bytes: int = 512 << 20, head_ttl: float = 5.0) -> None:
+        self.store = store
+        self.head_ttl = head_ttl
+        self.buckets: ByteBudgetLRU[Bucket] = ByteBudgetLRU(cache_bytes)
+        self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._heads: dict[str, _HeadState] = {}
+        self._lock = threading.Lock()
+
+    # -- public API ------------------------------------------------------------------------
+    def manifest(
+        self, collection: str, version: str | None = None, stats: QueryStats | None = None
+    ) -> Manifest:
+        """The manifest of the live (or pinned) version, from cache when possible."""
+        layout.check_collection(collection)
+        stats = stats or QueryStats()
+        expected_sha = None
+        if version is None:
+            head = self._head(collection, stats)
+            version, expected_sha = head.version, head.sha256
+        cached = self._manifests.get((collection, version))
+        if cached is not None:
+            return cached
+        key = layout.manifest_key(collection, _check_version(version))
+        try:
+            body, _ = self.store.get(key)
+        except NotFound:
+            raise CollectionNotFound(collection, version) from None
+        stats.s3_gets += 1
+        stats.manifest_fetched = True
+        if expected_sha is not None and fingerprint(body) != expected_sha:
+            raise CorruptObject(key, "SHA-256 differs from the one HEAD names")
+        manifest = decode_manifest(body, key=key)
+        if manifest.version != version or manifest.collection != collection:
+            raise CorruptObject(key, "manifest names a different collection or version")
+        with self._lock:
+            if len(self._manifests) >= _MANIFESTS_KEPT:
+                self._manifests.pop(next(iter(self._manifests)))
+            self._manifests[(collection, version)] = manifest
+        return manifest
+
+    def search(
+        self,
+        collection: str,
+        queries: np.ndarray,
+        *,
+        k: int = 10,
+        probes: int = 8,
+        version: str | None = None,
+        ranking: str | None = None,
+    ) -> SearchResult:
+        """k nearest neighbours of each row of ``queries`` (nq, d), probing ``probes`` buckets."""
+        started = time.perf_counter()
+        stats = QueryStats()
+        manifest = self.manifest(collection, version, stats)
+        return self._search(manifest, queries, k, probes, ranking, stats, started)
+
+    def classify(
+        self,
+        collection: str,
+        queries: np.ndarray,
+        *,
+        k: int = 10,
+        probes: int = 8,
+        version: str | None = None,
+        ranking: str | None = None,
+    ) -> Classification:
+        """Distance-weighted k-NN vote over the neighbours :meth:`search` finds."""
+        started = time.perf_counter()
+        stats = QueryStats()
+        manifest = self.manifest(collection, version, stats)
+        if not manifest.label_names:
+            raise InvalidRequest(
+                "mode", f"'classify' needs a labelled collection; {collection!r} has no labels"
+            )
+        result = self._search(manifest, queries, k, probes, ranking, stats, started)
+        return vote(result, manifest.metric)
+
+    def rank(
+        self, manifest: Manifest, queries: np.ndarray, probes: int, ranking: str | None = None
+    ) -> np.ndarray:
+        """The ``probes`` best buckets for each query, best first — shape (nq, probes)."""
+        ranking = ranking or manifest.params.get("ranking", DEFAULT_RANKING)
+        if ranking not in RANKINGS:
+            raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {ranking!r}")
+        if ranking == "bbf":
+            scores = manifest.tree.bbf_penalties(queries)
+        else:
+            c = manifest.buckets.centroids
+            scores = np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * (queries @ c.T)
+        if probes < scores.shape[1]:
+            top = np.argpartition(scores, probes - 1, axis=1)[:, :probes]
+        else:
+            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        order = np.argsort(np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        return np.take_along_axis(top, order, axis=1)
+
+    # -- internals -------------------------------------------------------------------------
+    def _search(
+        self,
+        manifest: Manifest,
+        queries: np.ndarray,
+        k: int,
+        probes: int,
+        ranking: str | None,
+        stats: QueryStats,
+        started: float,
+    ) -> SearchResult:
+        q = self._prepare_queries(queries, manifest)
+        if not 1 <= k <= MAX_K:
+            raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
+        if probes < 1:
+            raise InvalidRequest("probes", f"must be at least 1, got {probes}")
+        probe_lists = self.rank(manifest, q, min(probes, manifest.n_buckets), ranking)
+        stats.probes = probe_lists.shape[1]
+        buckets = self._fetch(manifest, np.unique(probe_lists), stats)
+        result = _exact_top_k(q, probe_lists, buckets, k, manifest)
+        result.stats = stats
+        stats.elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        return result
+
+    def _head(self, collection: str, stats: QueryStats) -> Head:
+        key = layout.head_key(collection)
+        now = time.monotonic()
+        state = self._heads.get(collection)
+        if state is not None and now - state.checked_at < self.head_ttl:
+            return state.head
+        try:
+            stats.s3_gets += 1
+            if state is not None:
+                fresh = self.store.get_if_changed(key, state.etag)
+                if fresh is None:
+                    state.checked_at = now
+                    return state.head
+                body, etag = fresh
+            else:
+                body, etag = self.store.get(key)
+        except NotFound:
+            self._heads.pop(collection, None)
+            raise CollectionNotFound(collection) from None
+        head = decode_head(body, key=key)
+        self._heads[collection] = _HeadState(head, etag, now)
+        return head
+
+    def _prepare_queries(self, queries: np.ndarray, manifest: Manifest) -> np.ndarray:
+        if queries.ndim != 2 or queries.shape[0] == 0:
+            raise InvalidRequest("vectors", "must be a non-empty list of vectors")
+        if queries.shape[1] != manifest.dim:
+            raise InvalidRequest(
+                "vectors[0]",
+                f"has {queries.shape[1]} dimensions; collection {manifest.collection!r} has {manifest.dim}",
+            )
+        finite = np.isfinite(queries).all(axis=1)
+        if not finite.all():
+            raise InvalidRequest(f"vectors[{int(np.argmin(finite))}]", "contains NaN or Inf")
+        if manifest.metric == "cosine":
+            zero = ~np.any(queries != 0, axis=1)
+            if zero.any():
+                raise InvalidRequest(
+                    f"vectors[{int(np.argmax(zero))}]", "is all zeros; cosine needs a nonzero vector"
+                )
+        return metrics.prepare(queries, manifest.metric)
+
+    def _fetch(self, manifest: Manifest, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
+        """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs."""
+        out: dict[int, Bucket] = {}
+        missing: list[int] = []
+        for b in needed.tolist():
+            hit = self.buckets.get(manifest.buckets.fingerprints[b])
+            if hit is not None:
+                out[b] = hit
+            else:
+                missing.append(b)
+        stats.cache_hits = len(out)
+        keys = [layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b]) for b in missing]
+        try:
+            bodies = self.store.get_many(keys)
+        except NotFound as exc:
+            raise CorruptObject(
+                str(exc).split(" does not exist")[0], "bucket named by the manifest is missing"
+            ) from None
+        for b, key, body in zip(missing, keys, bodies, strict=True):
+            fp = manifest.buckets.fingerprints[b]
+            bucket = decode_bucket(body, key=key, expected_fingerprint=fp)
+            if bucket.count != int(manifest.buckets.rows[b]) or bucket.vectors.shape[1] != manifest.dim:
+                raise CorruptObject(key, "bucket shape disagrees with the manifest")
+            self.buckets.put(fp, bucket, bucket.nbytes)
+            out[b] = bucket
+            stats.bytes_fetched += len(body)
+        stats.buckets_fetched = len(missing)
+        stats.s3_gets += len(missing)
+        return out
+
+
+def _exact_top_k(
+    queries: np.ndarray, probe_lists: np.ndarray, buckets: dict[int, Bucket], k: int, manifest: Manifest
+) -> SearchResult:
+    """Score every fetched bucket once against the queries that probe it; merge to top k."""
+    nq, p = probe_lists.shape
+    cand_d = np.full((nq, p, k), np.inf, dtype=np.float32)
+    cand_ref = np.full((nq, p, k), -1, dtype=np.int64)
+    for b, bucket in buckets.items():
+        hit = probe_lists == b
+        qi = np.flatnonzero(hit.any(axis=1))
+        slot = np.argmax(hit[qi], axis=1)
+        d = metrics.pairwise(
+            queries[qi],
+            bucket.vectors,
+            manifest.metric,
+            bucket.sq_norms() if manifest.metric == "l2" else None,
+        )
+        kk = min(k, bucket.count)
+        top = (
+            np.argpartition(d, kk - 1, axis=1)[:, :kk]
+            if kk < bucket.count
+            else np.broadcast_to(np.arange(bucket.count), d.shape)
+        )
+        cand_d[qi, slot, :kk] = np.take_along_axis(d, top, axis=1)
+        cand_ref[qi, slot, :kk] = (b << 32) | top
+    flat_d, flat_ref = cand_d.reshape(nq, -1), cand_ref.reshape(nq, -1)
+    order = np.lexsort((flat_ref, flat_d), axis=-1)[:, :k]
+    refs = np.take_along_axis(flat_ref, order, axis=1)
+    # Recompute the winners' distances exactly (float64) and re-sort: the reported figures
+    # match brute force to float64 precision, and near-ties are ordered correctly.
+    neighbours = np.zeros((nq, refs.shape[1], manifest.dim), dtype=np.float32)
+    label_codes = np.full(refs.shape, -1, dtype=np.int32)
+    ids: list[list[int | str | None]] = [[None] * refs.shape[1] for _ in range(nq)]
+    valid = refs >= 0
+    bucket_of, row_of = refs >> 32, refs & 0xFFFFFFFF
+    for b in np.unique(bucket_of[valid]).tolist():
+        sel = valid & (bucket_of == b)
+        rows = row_of[sel]
+        bucket = buckets[b]
+        neighbours[sel] = bucket.vectors[rows]
+        if bucket.labels is not None:
+            label_codes[sel] = bucket.labels[rows]
+        for (qi, j), ident in zip(np.argwhere(sel).tolist(), bucket.ids.take(rows), strict=True):
+            ids[qi][j] = ident
+    distances = np.where(valid, metrics.exact(queries, neighbours, manifest.metric), np.inf)
+    resort = np.lexsort((np.where(valid, refs, np.iinfo(np.int64).max), distances), axis=-1)
+    distances = np.take_along_axis(distances, resort, axis=1)
+    label_codes = np.take_along_axis(label_codes, resort, axis=1)
+    ids = [[row[j] for j in perm] for row, perm in zip(ids, resort.tolist(), strict=True)]
+    if refs.shape[1] < k:  # fewer candidates than k in the whole probe set
+        pad = k - refs.shape[1]
+        distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
+        label_codes = np.pad(label_codes, ((0, 0), (0, pad)), constant_values=-1)
+        ids = [row + [None] * pad for row in ids]
+    return SearchResult(manifest.version, distances, ids, label_codes, manifest.label_names)
+
+
+def vote(result: SearchResult, metric: str) -> Classification:
+    """Distance-weighted vote: weight 1/(ε + distance) (cosine, l2), softmax of -distance (ip)."""
+    names = result.label_names or []
+    d = result.distances
+    valid = np.isfinite(d) & (result.label_codes >= 0)
+    if metric == "ip":
+        shifted = d - np.where(valid, d, np.inf).min(axis=1, keepdims=True)
+        weights = np.where(valid, np.exp(-np.where(valid, shifted, 0.0)), 0.0)
+    else:
+        weights = np.where(valid, 1.0 / (1e-6 + np.where(valid, np.maximum(d, 0.0), 1.0)), 0.0)
+    shares = np.zeros((d.shape[0], len(names)), dtype=np.float64)
+    rows = np.broadcast_to(np.arange(d.shape[0])[:, None], d.shape)
+    np.add.at(shares, (rows[valid], result.label_codes[valid]), weights[valid])
+    totals = shares.sum(axis=1, keepdims=True)
+    shares = np.divide(shares, totals, out=np.zeros_like(shares), where=totals > 0)
+    winners = np.argmax(shares, axis=1)
+    predicted = [names[w] if totals[i, 0] > 0 else None for i, w in enumerate(winners.tolist())]
+    return Classification(predicted=predicted, shares=shares, label_names=names, neighbours=result)
+
+
+def _check_version(version: object) -> str:
+    if (
+        not isinstance(version, str)
+        or not version
+        or len(version) > 64
+        or not all(c.isalnum() or c in "._-" for c in version)
+    ):
+        raise InvalidRequest("version", f"is not a valid version id: {str(version)[:80]!r}")
+    return version

@@ -1,0 +1,198 @@
+"""Object-store access: the only module that talks to boto3.
+
+One lazily created S3 client is shared by every store in the process (clients are
+thread-safe, sessions are not); its connection pool is as large as the fetch concurrency so
+parallel bucket GETs never queue for a socket, and it uses botocore's standard retry mode with
+explicit timeouts. Conditional writes (``If-None-Match: *`` for immutable objects, ``If-Match``
+on HEAD) give the publish protocol its compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequest, StorageError
+
+DEFAULT_CONCURRENCY = 32
+
+_client_lock = threading.Lock()
+_clients: dict[int, Any] = {}
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^\x00-\x1f]{1,1024})$")
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object exists / changed since we read it."""
+
+
+def s3_client(concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+    """The process-wide S3 client for a given pool size, created on first use.
+
+    Endpoint, region and credentials come from boto3's usual chain (including
+    ``AWS_ENDPOINT_URL_S3``), so the same code runs against AWS and a local moto server.
+    """
+    with _client_lock:
+        client = _clients.get(concurrency)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                max_pool_connections=concurrency,
+                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=5,
+                read_timeout=60,
+                tcp_keepalive=True,
+            )
+            client = boto3.session.Session().client("s3", config=config)
+            _clients[concurrency] = client
+        return client
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests switch endpoints between moto instances)."""
+    with _client_lock:
+        _clients.clear()
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: object, *, field: str) -> S3Uri:
+        """Parse ``s3://bucket/key``; the error names ``field``."""
+        if not isinstance(uri, str):
+            raise InvalidRequest(field, f"must be an s3://bucket/key string, got {type(uri).__name__}")
+        match = _S3_URI.match(uri)
+        if not match:
+            raise InvalidRequest(field, f"is not a valid s3://bucket/key URI: {uri[:200]!r}")
+        return cls(match["bucket"], match["key"])
+
+
+class ObjectStore:
+    """Reads and writes objects under one bucket and key prefix.
+
+    Parameters
+    ----------
+    bucket : the index bucket.
+    prefix : optional key prefix ("indexes/"), prepended to every key.
+    concurrency : parallel requests for ``get_many`` / ``put_many`` (and the pool size).
+    client : an S3 client to use instead of the shared one.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        client: Any | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.concurrency = concurrency
+        self._client = client
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3_client(self.concurrency)
+        return self._client
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kdbuckets-s3")
+            return self._pool
+
+    # -- single objects -------------------------------------------------------------------
+    def get(self, key: str) -> tuple[bytes, str]:
+        """Body and ETag of ``prefix + key``; :class:`NotFound` if absent."""
+        return self.get_from(self.bucket, self.prefix + key)
+
+    def get_from(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """Body and ETag of any object (sources may live in another bucket)."""
+        try:
+            resp = self.client.get_object(Bucket=bucket, Key=key)
+            return resp["Body"].read(), resp["ETag"]
+        except Exception as exc:
+            raise _translate(exc, bucket, key) from exc
+
+    def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
+        """Conditional GET: None when the object still has ``etag`` (HTTP 304)."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, IfNoneMatch=etag)
+            return resp["Body"].read(), resp["ETag"]
+        except Exception as exc:
+            if _status(exc) == 304:
+                return None
+            raise _translate(exc, self.bucket, self.prefix + key) from exc
+
+    def put(self, key: str, body: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
+        """Write ``body``; with ``if_absent`` or ``if_match`` the write is conditional.
+
+        Raises :class:`PreconditionFailed` when the condition does not hold.
+        """
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.prefix + key, "Body": body}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        try:
+            return self.client.put_object(**kwargs)["ETag"]
+        except Exception as exc:
+            raise _translate(exc, self.bucket, self.prefix + key) from exc
+
+    def put_immutable(self, key: str, body: bytes) -> bool:
+        """Write a content-addressed object once; False if it already existed (same bytes)."""
+        try:
+            self.put(key, body, if_absent=True)
+            return True
+        except PreconditionFailed:
+            return False
+
+    # -- many objects in parallel ---------------------------------------------------------
+    def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        """Fetch ``keys`` concurrently; results in the same order. Fails on the first error."""
+        if len(keys) <= 1:
+            return [self.get(k)[0] for k in keys]
+        return [body for body, _ in self._executor().map(self.get, keys)]
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Write immutable objects concurrently; returns how many were new."""
+        results = self._executor().map(lambda kv: self.put_immutable(*kv), list(items))
+        return sum(1 for created in results if created)
+
+
+def _status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def _translate(exc: Exception, bucket: str, key: str) -> StorageError:
+    """Map botocore errors onto the project's hierarchy, keeping the object's name."""
+    status = _status(exc)
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if status else ""
+    where = f"s3://{bucket}/{key}"
+    if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound"):
+        return NotFound(f"{where} does not exist")
+    if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+        return PreconditionFailed(f"conditional write to {where} lost ({code or status})")
+    if status == 403:
+        return StorageError(f"access denied to {where}")
+    return StorageError(f"S3 request for {where} failed: {type(exc).__name__}: {code or exc}")
