@@ -53,7 +53,8 @@ class InvocationResult:
     not JSON). ``error`` is the error document posted by the runtime (``errorType``,
     ``errorMessage``, ``stackTrace``, ...) or one synthesised by the caller (timeouts,
     runtime exits). ``error_type`` is the ``Lambda-Runtime-Function-Error-Type`` header
-    when the runtime sent one.
+    when the runtime sent one (awslambdaric 4.2.2 sends it with init errors only; for a
+    handler exception the type is in ``error["errorType"]``).
     """
 
     request_id: str

@@ -60,4 +60,5 @@ def exact(queries: np.ndarray, neighbours: np.ndarray, metric: str) -> np.ndarra
     if metric == "l2":
         return np.sqrt(np.square(q - v).sum(axis=2))
     dots = (q * v).sum(axis=2)
-    return 1.0 - dots if metric == "cosine" else -dots
+    # Rounding can push 1 - cos a hair below zero for identical vectors; distances are >= 0.
+    return np.maximum(1.0 - dots, 0.0) if metric == "cosine" else -dots

@@ -128,9 +128,7 @@ def test_error_keeps_body_and_error_type_header(api: LocalRuntimeAPI) -> None:
 
 def test_next_long_polls_until_an_event_arrives(api: LocalRuntimeAPI) -> None:
     got: list[bytes] = []
-    poller = threading.Thread(
-        target=lambda: got.append(_request(api, "GET", f"{BASE}/invocation/next")[2])
-    )
+    poller = threading.Thread(target=lambda: got.append(_request(api, "GET", f"{BASE}/invocation/next")[2]))
     poller.start()
     time.sleep(0.2)
     assert not got, "/next must block while the queue is empty"
@@ -142,9 +140,7 @@ def test_next_long_polls_until_an_event_arrives(api: LocalRuntimeAPI) -> None:
 def test_init_error_fails_the_pending_invocation(api: LocalRuntimeAPI) -> None:
     request_id = api.enqueue({})
     error = {"errorType": "Runtime.ImportModuleError", "errorMessage": "no module"}
-    status, _, _ = _request(
-        api, "POST", f"{BASE}/init/error", json.dumps(error).encode()
-    )
+    status, _, _ = _request(api, "POST", f"{BASE}/init/error", json.dumps(error).encode())
     assert status == 202
     result = api.wait_result(request_id, timeout=1)
     assert not result.ok
@@ -205,9 +201,7 @@ def _runtime(api: LocalRuntimeAPI, code: Path, handler: str) -> Iterator[Path]:
             proc.wait(timeout=10)
 
 
-def _invoke(
-    api: LocalRuntimeAPI, code: Path, handler: str, event: Any
-) -> InvocationResult:
+def _invoke(api: LocalRuntimeAPI, code: Path, handler: str, event: Any) -> InvocationResult:
     request_id = api.enqueue(event)
     with _runtime(api, code, handler) as log_path:
         try:
@@ -229,14 +223,10 @@ def test_awslambdaric_round_trip(api: LocalRuntimeAPI, handler_dir: Path) -> Non
     assert result.payload["invoked_function_arn"] == ARN
     assert 0 < result.payload["remaining_ms"] <= 30_000
     log = (handler_dir.parent / "runtime.log").read_text()
-    assert (
-        "log line from the handler" in log
-    )  # awslambdaric leaves stdout to the function
+    assert "log line from the handler" in log  # awslambdaric leaves stdout to the function
 
 
-def test_awslambdaric_reports_a_handler_exception(
-    api: LocalRuntimeAPI, handler_dir: Path
-) -> None:
+def test_awslambdaric_reports_a_handler_exception(api: LocalRuntimeAPI, handler_dir: Path) -> None:
     result = _invoke(api, handler_dir, "fixture_handlers.fail", {"k": 0})
 
     assert not result.ok
@@ -247,9 +237,7 @@ def test_awslambdaric_reports_a_handler_exception(
     assert any("fixture_handlers.py" in line for line in result.error["stackTrace"])
 
 
-def test_awslambdaric_reports_an_import_failure(
-    api: LocalRuntimeAPI, handler_dir: Path
-) -> None:
+def test_awslambdaric_reports_an_import_failure(api: LocalRuntimeAPI, handler_dir: Path) -> None:
     result = _invoke(api, handler_dir, "no_such_module.lambda_handler", {})
 
     assert not result.ok
