@@ -135,7 +135,7 @@ def decode_bucket(body: bytes, *, key: str, expected_fingerprint: str | None = N
     count = codec.require(obj, "count", int, key=key)
     dim = codec.require(obj, "dim", int, key=key)
     vectors = codec.unpack_array(obj.get("vectors"), key=key, name="vectors", ndim=2)
-    if vectors.shape != (count, dim) or vectors.dtype.kind != "f":
+    if vectors.shape != (count, dim) or vectors.dtype.str not in ("<f4", "<f2"):
         raise CorruptObject(key, f"vectors have shape {vectors.shape}, header says ({count}, {dim})")
     stored = "float16" if vectors.dtype.itemsize == 2 else "float32"
     vectors32 = vectors if vectors.dtype == np.float32 else vectors.astype(np.float32)
@@ -166,5 +166,13 @@ def _decode_ids(node: dict, count: int, *, key: str) -> IdColumn:
             or np.any(np.diff(offsets) < 0)
         ):
             raise CorruptObject(key, "string ids are inconsistent with their offsets")
+        try:
+            utf8.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptObject(key, "string ids are not valid UTF-8") from None
+        raw = np.frombuffer(utf8, dtype=np.uint8)
+        starts = offsets[:-1][offsets[:-1] < len(utf8)]
+        if np.any((raw[starts] & 0xC0) == 0x80):  # an id starting mid-character
+            raise CorruptObject(key, "string id offsets split a UTF-8 character")
         return IdColumn(utf8=utf8, offsets=offsets)
     raise CorruptObject(key, f"unknown ids kind {kind!r}")

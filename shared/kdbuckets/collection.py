@@ -84,7 +84,7 @@ def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
             raise InvalidRequest(field, "holds integers larger than int64")
         ids = ids.astype(np.int64)
     elif ids.dtype.kind in "US":
-        ids = ids.astype(str)
+        ids = _as_text(ids, field)
         lengths = np.char.str_len(np.char.encode(ids, "utf-8")) if ids.size else np.zeros(0)
         if ids.size and (lengths.min() == 0 or lengths.max() > MAX_ID_BYTES):
             row = int(np.argmax((lengths == 0) | (lengths > MAX_ID_BYTES)))
@@ -98,6 +98,17 @@ def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
     return ids
 
 
+def _as_text(values: np.ndarray, field: str) -> np.ndarray:
+    """Unicode array from str or bytes values; undecodable text is the caller's error."""
+    try:
+        text = np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str)
+        if text.size:
+            np.char.encode(text, "utf-8")  # lone surrogates cannot be stored
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise InvalidRequest(field, "holds text that is not valid UTF-8") from None
+    return text
+
+
 def _check_labels(
     labels: np.ndarray | None, n: int, field: str
 ) -> tuple[np.ndarray | None, list[str] | None]:
@@ -107,7 +118,7 @@ def _check_labels(
         raise InvalidRequest(field, f"has shape {labels.shape}; expected ({n},) to match the vectors")
     if labels.dtype.kind not in "iuUS":
         raise InvalidRequest(field, f"must hold integers or strings, got dtype {labels.dtype}")
-    values = labels.astype(str)
+    values = labels.astype(str) if labels.dtype.kind in "iu" else _as_text(labels, field)
     names, codes = np.unique(values, return_inverse=True)
     if len(names) > MAX_LABELS:
         raise InvalidRequest(field, f"has {len(names)} distinct labels; at most {MAX_LABELS} are supported")

@@ -18,7 +18,7 @@ def check_collection(name: object, field: str = "collection") -> str:
     """Return ``name`` if it is a safe collection name; names like ``../x`` or ``a/b`` fail."""
     if not isinstance(name, str):
         raise InvalidRequest(field, f"must be a string, got {type(name).__name__}")
-    if not _COLLECTION.match(name) or ".." in name:
+    if not _COLLECTION.fullmatch(name) or ".." in name:
         raise InvalidRequest(
             field,
             f"must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a "

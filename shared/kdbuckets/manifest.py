@@ -18,6 +18,7 @@ import numpy as np
 
 from . import codec
 from .errors import CorruptObject
+from .metrics import METRICS
 from .tree import Tree
 
 FORMAT = "kdbuckets/manifest"
@@ -134,7 +135,7 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
     bnode = codec.require(obj, "buckets", dict, key=key)
     fingerprints = bnode.get("fingerprints")
     if not isinstance(fingerprints, list) or not all(
-        isinstance(f, str) and _SHA256.match(f) for f in fingerprints
+        isinstance(f, str) and _SHA256.fullmatch(f) for f in fingerprints
     ):
         raise CorruptObject(key, "bucket fingerprints are not SHA-256 hex strings")
     table = BucketTable(
@@ -145,6 +146,13 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         radii=arr(bnode, "radii", "<f4", 1),
     )
     _check_consistency(key, dim, tree, table)
+    for name, allowed in (
+        ("metric", METRICS),
+        ("dtype", ("float32", "float16")),
+        ("id_kind", ("int", "str")),
+    ):
+        if obj.get(name) not in allowed:
+            raise CorruptObject(key, f"unknown {name} {obj.get(name)!r}")
     label_names = obj.get("label_names")
     if label_names is not None and not (
         isinstance(label_names, list) and all(isinstance(x, str) for x in label_names)
@@ -177,6 +185,14 @@ def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> No
     if tree.planes.shape[1:] != (dim,) and tree.planes.shape[0] > 0:
         raise CorruptObject(key, f"tree planes have dimension {tree.planes.shape[1]}, not {dim}")
     internal = tree.node_plane >= 0
+    ids = np.arange(n_nodes)
+    children = np.concatenate([tree.left[internal], tree.right[internal]])
+    if (
+        np.any(internal & ((tree.left <= ids) | (tree.right <= ids)))  # breadth-first: no cycles
+        or len(np.unique(children)) != len(children)  # every node has one parent
+        or len(children) != n_nodes - 1
+    ):
+        raise CorruptObject(key, "tree structure is not a tree (a node is reached twice or loops back)")
     if (
         np.any(tree.node_plane >= tree.planes.shape[0])
         or np.any(internal & ((tree.left <= 0) | (tree.right <= 0)))
@@ -220,8 +236,8 @@ def decode_head(body: bytes, *, key: str) -> Head:
     if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
         raise CorruptObject(key, "not a kdbuckets HEAD")
     version, mkey, sha = doc.get("version"), doc.get("manifest"), doc.get("sha256")
-    if not (isinstance(version, str) and _VERSION.match(version)):
+    if not (isinstance(version, str) and _VERSION.fullmatch(version)):
         raise CorruptObject(key, "HEAD names no valid version")
-    if not (isinstance(mkey, str) and isinstance(sha, str) and _SHA256.match(sha)):
+    if not (isinstance(mkey, str) and isinstance(sha, str) and _SHA256.fullmatch(sha)):
         raise CorruptObject(key, "HEAD names no valid manifest")
     return Head(version=version, manifest_key=mkey, sha256=sha)

