@@ -17,6 +17,15 @@ bound to one moto instance leaks into the next.
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread per test process: under `pytest -n 2` on two cores, multi-threaded BLAS
+# (PCA in every build) oversubscribes the CPU and a 30 ms build can take seconds. Set before
+# numpy is first imported, which nothing does before this conftest.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import copy
 import importlib.util
 import json
@@ -35,7 +44,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from devtools import local
-from kdbuckets import storage
+from kdbuckets import ObjectStore, service, storage
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
@@ -49,6 +58,10 @@ REQUEST_ID = "52fdfc07-2182-154f-163f-5f0f9a621d72"
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Fake credentials and region; no profile, config file or endpoint from the machine."""
+    _fake_aws(monkeypatch, tmp_path)
+
+
+def _fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in (
         "AWS_PROFILE",
         "AWS_DEFAULT_PROFILE",
@@ -94,6 +107,21 @@ def s3(aws_env: None) -> Iterator[Any]:
         storage.reset_clients()
 
 
+@pytest.fixture(scope="module")
+def module_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Like ``s3``, but one mock per test module: for many read-only tests sharing one setup.
+
+    Tests using it must not also use ``s3`` (starting a second mock empties this one).
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch, mock_aws():
+        _fake_aws(monkeypatch, tmp_path_factory.mktemp("aws"))
+        storage.reset_clients()
+        client = boto3.client("s3", region_name=REGION)
+        _create_buckets(client)
+        yield client
+        storage.reset_clients()
+
+
 # --------------------------------------------------------------------------- moto over HTTP
 @dataclass(frozen=True)
 class MotoServer:
@@ -116,7 +144,9 @@ def _moto_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def moto_server(aws_env: None, _moto_server_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+def moto_server(
+    aws_env: None, _moto_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MotoServer]:
     """The worker's moto server, emptied, with AWS_ENDPOINT_URL_S3 pointing at it."""
     request = urllib.request.Request(f"{_moto_server_url}/moto-api/reset", method="POST", data=b"")
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -150,7 +180,8 @@ def lambda_context() -> FakeLambdaContext:
 
 def _import_handler(function: str, module_name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, REPO / "functions" / function / "app.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
@@ -161,7 +192,6 @@ def _import_handler(function: str, module_name: str) -> ModuleType:
 def build_handler(aws_env: None) -> Iterator[ModuleType]:
     """functions/build/app.py as a fresh module; call ``.lambda_handler(event, context)``."""
     module = _import_handler("build", "kdbuckets_build_app")
-    storage.reset_clients()
     yield module
     storage.reset_clients()
     sys.modules.pop("kdbuckets_build_app", None)
@@ -172,7 +202,6 @@ def query_handler(aws_env: None) -> Iterator[ModuleType]:
     """functions/query/app.py as a fresh module with no warm Searcher."""
     module = _import_handler("query", "kdbuckets_query_app")
     module._searcher = None
-    storage.reset_clients()
     yield module
     module._searcher = None
     storage.reset_clients()
@@ -236,6 +265,45 @@ def upload_sample(_sample_objects: dict[tuple[str, str], bytes]) -> Callable[[An
             client.put_object(Bucket=bucket, Key=key, Body=body)
 
     return upload
+
+
+@pytest.fixture(scope="session")
+def _demo_indexes() -> dict[int, tuple[dict[str, Any], dict[str, bytes]]]:
+    return {}
+
+
+@pytest.fixture
+def demo_index(
+    upload_sample: Callable[[Any], None],
+    load_event: Callable[[str], dict[str, Any]],
+    _demo_indexes: dict[int, tuple[dict[str, Any], dict[str, bytes]]],
+) -> Callable[..., dict[str, Any]]:
+    """``demo_index(client, bucket_size=1000)``: the sample uploaded and indexed, as set-up.
+
+    The first call per session (and bucket size) builds with events/build_npy.json through
+    ``kdbuckets.service.build`` and keeps the objects it wrote; later calls put those same
+    objects back (one build is ~1 s; many tests only need *an* index to query or damage).
+    Returns the build response. Tests of the build itself call the build handler instead.
+    """
+
+    def publish(client: Any, bucket_size: int = 1000) -> dict[str, Any]:
+        upload_sample(client)
+        prefix = f"{local.COLLECTION}/"
+        if bucket_size not in _demo_indexes:
+            event = {**load_event("build_npy.json"), "bucket_size": bucket_size}
+            response = service.build(event, ObjectStore(INDEX_BUCKET))
+            listing = client.list_objects_v2(Bucket=INDEX_BUCKET, Prefix=prefix).get("Contents", [])
+            objects = {
+                o["Key"]: client.get_object(Bucket=INDEX_BUCKET, Key=o["Key"])["Body"].read() for o in listing
+            }
+            _demo_indexes[bucket_size] = (response, objects)
+        else:
+            response, objects = _demo_indexes[bucket_size]
+            for key, body in objects.items():
+                client.put_object(Bucket=INDEX_BUCKET, Key=key, Body=body)
+        return copy.deepcopy(response)
+
+    return publish
 
 
 @pytest.fixture

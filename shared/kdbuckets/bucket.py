@@ -14,6 +14,7 @@ the final top-k are ever turned into Python strings.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +73,7 @@ class Bucket:
     ids: IdColumn
     labels: np.ndarray | None  # (n,) int32 codes, -1 = unlabelled
     stored_dtype: str = "float32"
+    keys: np.ndarray | None = None  # (n,) int64 dedup keys, present when vectors are replicated
     _sq_norms: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -96,8 +98,25 @@ class Bucket:
         return self._sq_norms[0]
 
 
+def dedup_keys(ids: np.ndarray) -> np.ndarray:
+    """64-bit key per id, equal across buckets for the same vector (int ids are their own key).
+
+    Only stored when vectors are replicated into two buckets, so that a query reading both
+    returns each vector once.
+    """
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    digests = b"".join(hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in ids.tolist())
+    return np.frombuffer(digests, dtype="<i8").copy()
+
+
 def encode_bucket(
-    vectors: np.ndarray, ids: IdColumn, labels: np.ndarray | None, *, dtype: str = "float32"
+    vectors: np.ndarray,
+    ids: IdColumn,
+    labels: np.ndarray | None,
+    *,
+    dtype: str = "float32",
+    keys: np.ndarray | None = None,
 ) -> bytes:
     """Encode one bucket; ``dtype`` is the storage precision ("float32" or "float16")."""
     if dtype not in ("float32", "float16"):
@@ -107,17 +126,18 @@ def encode_bucket(
         ids_node = {"kind": "int", "values": codec.pack_array(ids.ints.astype("<i8"))}
     else:
         ids_node = {"kind": "str", "utf8": ids.utf8, "offsets": codec.pack_array(ids.offsets)}
-    return codec.dumps(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "count": int(vectors.shape[0]),
-            "dim": int(vectors.shape[1]),
-            "vectors": codec.pack_array(vectors.astype(np.dtype(dtype).newbyteorder("<"))),
-            "ids": ids_node,
-            "labels": None if labels is None else codec.pack_array(labels.astype("<i4")),
-        }
-    )
+    obj = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "count": int(vectors.shape[0]),
+        "dim": int(vectors.shape[1]),
+        "vectors": codec.pack_array(vectors.astype(np.dtype(dtype).newbyteorder("<"))),
+        "ids": ids_node,
+        "labels": None if labels is None else codec.pack_array(labels.astype("<i4")),
+    }
+    if keys is not None:  # optional field: buckets without replication stay byte-identical
+        obj["keys"] = codec.pack_array(keys.astype("<i8"))
+    return codec.dumps(obj)
 
 
 def decode_bucket(body: bytes, *, key: str, expected_fingerprint: str | None = None) -> Bucket:
@@ -145,7 +165,12 @@ def decode_bucket(body: bytes, *, key: str, expected_fingerprint: str | None = N
         labels = codec.unpack_array(obj["labels"], key=key, name="labels", dtype="<i4", ndim=1)
         if labels.shape != (count,):
             raise CorruptObject(key, f"labels have {labels.shape[0]} rows, expected {count}")
-    return Bucket(vectors=vectors32, ids=ids, labels=labels, stored_dtype=stored)
+    keys = None
+    if obj.get("keys") is not None:
+        keys = codec.unpack_array(obj["keys"], key=key, name="keys", dtype="<i8", ndim=1)
+        if keys.shape != (count,):
+            raise CorruptObject(key, f"keys have {keys.shape[0]} rows, expected {count}")
+    return Bucket(vectors=vectors32, ids=ids, labels=labels, stored_dtype=stored, keys=keys)
 
 
 def _decode_ids(node: dict, count: int, *, key: str) -> IdColumn:

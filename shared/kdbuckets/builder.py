@@ -18,17 +18,21 @@ from typing import Any
 import numpy as np
 
 from . import layout, metrics
-from .bucket import IdColumn, encode_bucket
+from .bucket import IdColumn, dedup_keys, encode_bucket
+from .calibration import calibrate
 from .codec import fingerprint
 from .collection import Collection
 from .errors import Conflict, InvalidRequest
 from .manifest import BucketTable, Manifest, decode_head, encode_head, encode_manifest
 from .projection import fit_pca
+from .ranking import RANKINGS
+from .refine import lloyd, spill
 from .storage import NotFound, ObjectStore, PreconditionFailed
 from .tree import SPLIT_RULES, Tree, build_tree, with_basis
 
 PROJECTIONS = ("none", "pca")
 DTYPES = ("float32", "float16")
+MAX_REFINE = 50
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,19 @@ class BuildParams:
     split: str = "spread"
     projection: str = "pca"
     dtype: str = "float32"
+    refine: int = 0
+    replicate: float = 0.0
+    ranking: str = "centroid"
 
     def __post_init__(self) -> None:
+        if not 0 <= self.refine <= MAX_REFINE:
+            raise InvalidRequest(
+                "refine", f"must be between 0 and {MAX_REFINE} iterations, got {self.refine}"
+            )
+        if not 0.0 <= self.replicate <= 1.0:
+            raise InvalidRequest("replicate", f"must be a fraction between 0 and 1, got {self.replicate}")
+        if self.ranking not in RANKINGS:
+            raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {self.ranking!r}")
         if self.metric not in metrics.METRICS:
             raise InvalidRequest("metric", f"must be one of {list(metrics.METRICS)}, got {self.metric!r}")
         if self.split not in SPLIT_RULES:
@@ -70,10 +85,18 @@ class BuildResult:
 
 @dataclass(frozen=True)
 class Partition:
-    """The tree plus, for each leaf, the rows of the collection that landed in it."""
+    """How the collection is split into buckets (bucket ``b`` is tree leaf ``b``).
+
+    leaf_rows : rows stored in each bucket (primary members first, then spilled copies).
+    centroids : (nb, d) routing centroid of each bucket (mean of its primary members).
+    primary : (n,) bucket of every row; secondary : (n,) second bucket or -1.
+    """
 
     tree: Tree
     leaf_rows: list[np.ndarray]
+    centroids: np.ndarray
+    primary: np.ndarray
+    secondary: np.ndarray
 
 
 def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
@@ -87,10 +110,16 @@ def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
         seed=params.seed,
         split=params.split,
     )
-    order = np.argsort(leaf_of_row, kind="stable")
-    bounds = np.searchsorted(leaf_of_row[order], np.arange(tree.n_leaves + 1))
-    leaf_rows = [order[bounds[i] : bounds[i + 1]] for i in range(tree.n_leaves)]
-    return Partition(tree=with_basis(tree, basis), leaf_rows=leaf_rows)
+    n_leaves = tree.n_leaves
+    primary, centroids = lloyd(vectors, leaf_of_row, n_leaves, iterations=params.refine, seed=params.seed)
+    secondary = spill(vectors, primary, centroids, params.replicate)
+    spilled = np.flatnonzero(secondary >= 0)
+    owner = np.concatenate([primary, secondary[spilled]])
+    rows = np.concatenate([np.arange(len(vectors)), spilled])
+    order = np.argsort(owner, kind="stable")  # primaries (lower positions) stay first
+    bounds = np.searchsorted(owner[order], np.arange(n_leaves + 1))
+    leaf_rows = [rows[order[bounds[i] : bounds[i + 1]]] for i in range(n_leaves)]
+    return Partition(with_basis(tree, basis), leaf_rows, centroids, primary, secondary)
 
 
 def build_index(
@@ -106,8 +135,11 @@ def build_index(
     timings["partition_ms"] = _ms(t0)
 
     t1 = time.perf_counter()
-    bodies, table = _encode_buckets(vectors, data, part.leaf_rows, params.dtype)
+    bodies, table = _encode_buckets(vectors, data, part, params)
     timings["encode_ms"] = _ms(t1)
+    t_cal = time.perf_counter()
+    curve = calibrate(vectors, part, params.metric, params.ranking, seed=params.seed)
+    timings["calibrate_ms"] = _ms(t_cal)
 
     t2 = time.perf_counter()
     written = store.put_many(
@@ -131,6 +163,7 @@ def build_index(
         params=params.as_dict(),
         tree=part.tree,
         buckets=table,
+        extra={"calibration": curve},
     )
     mkey = publish(store, manifest, expected_head)
     timings["total_ms"] = _ms(t0)
@@ -177,23 +210,26 @@ def _current_head(store: ObjectStore, collection: str) -> tuple[str | None, str 
 
 
 def _encode_buckets(
-    vectors: np.ndarray, data: Collection, leaf_rows: list[np.ndarray], dtype: str
+    vectors: np.ndarray, data: Collection, part: Partition, params: BuildParams
 ) -> tuple[list[bytes], BucketTable]:
     bodies: list[bytes] = []
-    nb, d = len(leaf_rows), vectors.shape[1]
-    centroids = np.zeros((nb, d), dtype=np.float32)
+    nb = len(part.leaf_rows)
     radii = np.zeros(nb, dtype=np.float32)
-    for b, rows in enumerate(leaf_rows):
+    keys = dedup_keys(data.ids) if params.replicate > 0 else None
+    for b, rows in enumerate(part.leaf_rows):
         members = vectors[rows]
         labels = None if data.label_codes is None else data.label_codes[rows]
-        bodies.append(encode_bucket(members, IdColumn.from_values(data.ids[rows]), labels, dtype=dtype))
-        centroids[b] = members.mean(axis=0)
-        radii[b] = np.sqrt(np.square(members - centroids[b]).sum(axis=1).max())
+        ids = IdColumn.from_values(data.ids[rows])
+        bodies.append(
+            encode_bucket(members, ids, labels, dtype=params.dtype, keys=None if keys is None else keys[rows])
+        )
+        if len(rows):
+            radii[b] = np.sqrt(np.square(members - part.centroids[b]).sum(axis=1).max())
     table = BucketTable(
         fingerprints=[fingerprint(body) for body in bodies],
         sizes=np.array([len(body) for body in bodies], dtype=np.int64),
-        rows=np.array([len(rows) for rows in leaf_rows], dtype=np.int64),
-        centroids=centroids,
+        rows=np.array([len(rows) for rows in part.leaf_rows], dtype=np.int64),
+        centroids=part.centroids,
         radii=radii,
     )
     return bodies, table

@@ -87,3 +87,57 @@ def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 32
         block = vectors[start : start + chunk]
         out[start : start + chunk] = np.argmin(sq[None, :] - 2.0 * (block @ centroids.T), axis=1)
     return out
+
+
+def spill(
+    vectors: np.ndarray,
+    assign: np.ndarray,
+    centroids: np.ndarray,
+    fraction: float,
+    *,
+    candidates: int = 16,
+    weight: float = 1.0,
+) -> np.ndarray:
+    """Second bucket for the ``fraction`` of vectors that most need one; -1 for the rest.
+
+    A vector near a cell border has true neighbours on both sides; storing it twice lets a
+    query find it from either cell. The second cell is chosen as SOAR does (Sun et al.,
+    2023): minimise ``||x - c'||² + weight · <r, x - c'>² / ||r||²`` with ``r = x - c`` the
+    residual to the primary centroid, which prefers a cell whose error is *orthogonal* to the
+    first one, so the two copies fail on different queries. Vectors whose best second cell
+    costs least relative to their first are the ones spilled.
+
+    Returns
+    -------
+    (n,) int64 secondary cell per vector, -1 where the vector is stored once.
+    """
+    n, n_cells = len(vectors), len(centroids)
+    secondary = np.full(n, -1, dtype=np.int64)
+    if fraction <= 0 or n_cells < 2:
+        return secondary
+    m = min(candidates, n_cells - 1)
+    sq = np.einsum("ij,ij->i", centroids, centroids)
+    between = sq[:, None] + sq[None, :] - 2.0 * (centroids @ centroids.T)
+    np.fill_diagonal(between, np.inf)
+    near = np.argpartition(between, m - 1, axis=1)[:, :m]  # (n_cells, m), excludes the cell itself
+    best = np.empty(n, dtype=np.int64)
+    cost = np.empty(n, dtype=np.float64)
+    order = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[order], np.arange(n_cells + 1))
+    for cell in range(n_cells):  # a loop over cells, each a small dense product
+        rows = order[bounds[cell] : bounds[cell + 1]]
+        if rows.size == 0:
+            continue
+        x = vectors[rows]
+        r = x - centroids[cell]
+        r_sq = np.maximum(np.einsum("ij,ij->i", r, r), 1e-12)
+        cand = centroids[near[cell]]  # (m, d)
+        dist = np.einsum("ij,ij->i", x, x)[:, None] + sq[near[cell]][None, :] - 2.0 * (x @ cand.T)
+        proj = np.einsum("ij,ij->i", r, x)[:, None] - r @ cand.T  # <r, x - c'>
+        score = dist + weight * np.square(proj) / r_sq[:, None]
+        pick = np.argmin(score, axis=1)
+        best[rows] = near[cell][pick]
+        cost[rows] = score[np.arange(len(rows)), pick] - r_sq
+    chosen = np.argsort(cost, kind="stable")[: round(fraction * n)]
+    secondary[chosen] = best[chosen]
+    return secondary

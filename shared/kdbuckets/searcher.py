@@ -11,19 +11,23 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from . import layout, metrics
 from .bucket import Bucket, decode_bucket
-from .cache import ByteBudgetLRU
+from .cache import ByteBudgetLRU, DiskTier
+from .calibration import probes_for
 from .codec import fingerprint
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest
 from .manifest import Head, Manifest, decode_head, decode_manifest
+from .ranking import RANKINGS, bucket_scores, top_buckets
 from .storage import NotFound, ObjectStore
 
-RANKINGS = ("centroid", "bbf")
 DEFAULT_RANKING = "centroid"
+DEFAULT_RECALL_TARGET = 0.95
+DEFAULT_PROBES = 8
 MAX_K = 1000
 _MANIFESTS_KEPT = 8
 
@@ -38,6 +42,7 @@ class QueryStats:
     manifest_fetched: bool = False
     s3_gets: int = 0
     probes: int = 0
+    recall_target: float | None = None
     elapsed_ms: float = 0.0
 
     def as_dict(self) -> dict[str, float | int | bool]:
@@ -96,12 +101,23 @@ class Searcher:
     store : where the indexes live.
     cache_bytes : budget of the decoded-bucket LRU (kept across requests).
     head_ttl : seconds a HEAD read stays trusted before it is revalidated.
+    disk_dir, disk_bytes : optional second cache tier on local disk (e.g. ``/tmp/kdbuckets``),
+        memory-mapped read-only so that worker processes share it.
     """
 
-    def __init__(self, store: ObjectStore, *, cache_bytes: int = 512 << 20, head_ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        cache_bytes: int = 512 << 20,
+        head_ttl: float = 5.0,
+        disk_dir: str | None = None,
+        disk_bytes: int = 1 << 30,
+    ) -> None:
         self.store = store
         self.head_ttl = head_ttl
         self.buckets: ByteBudgetLRU[Bucket] = ByteBudgetLRU(cache_bytes)
+        self.disk = DiskTier(disk_dir, disk_bytes) if disk_dir else None
         self._manifests: dict[tuple[str, str], Manifest] = {}
         self._heads: dict[str, _HeadState] = {}
         self._lock = threading.Lock()
@@ -124,6 +140,8 @@ class Searcher:
         try:
             body, _ = self.store.get(key)
         except NotFound:
+            if expected_sha is not None:  # HEAD names it, so it must exist
+                raise CorruptObject(key, "HEAD names a manifest that does not exist") from None
             raise CollectionNotFound(collection, version) from None
         stats.s3_gets += 1
         stats.manifest_fetched = True
@@ -144,15 +162,26 @@ class Searcher:
         queries: np.ndarray,
         *,
         k: int = 10,
-        probes: int = 8,
+        probes: int | None = None,
+        recall_target: float | None = None,
         version: str | None = None,
         ranking: str | None = None,
     ) -> SearchResult:
-        """k nearest neighbours of each row of ``queries`` (nq, d), probing ``probes`` buckets."""
+        """k nearest neighbours of each row of ``queries`` (nq, d).
+
+        ``probes`` buckets are read per query; or, with ``recall_target``, as many as the
+        build-time calibration says reach that recall@10. With neither, the target is
+        :data:`DEFAULT_RECALL_TARGET` (or :data:`DEFAULT_PROBES` for an uncalibrated index).
+        """
         started = time.perf_counter()
         stats = QueryStats()
-        manifest = self.manifest(collection, version, stats)
-        return self._search(manifest, queries, k, probes, ranking, stats, started)
+        return self._run(
+            collection,
+            version,
+            stats,
+            started,
+            lambda m: self._search(m, queries, k, probes, recall_target, ranking, stats, started),
+        )
 
     def classify(
         self,
@@ -160,47 +189,68 @@ class Searcher:
         queries: np.ndarray,
         *,
         k: int = 10,
-        probes: int = 8,
+        probes: int | None = None,
+        recall_target: float | None = None,
         version: str | None = None,
         ranking: str | None = None,
     ) -> Classification:
         """Distance-weighted k-NN vote over the neighbours :meth:`search` finds."""
         started = time.perf_counter()
         stats = QueryStats()
-        manifest = self.manifest(collection, version, stats)
-        if not manifest.label_names:
-            raise InvalidRequest(
-                "mode", f"'classify' needs a labelled collection; {collection!r} has no labels"
-            )
-        result = self._search(manifest, queries, k, probes, ranking, stats, started)
-        return vote(result, manifest.metric)
+
+        def run(manifest: Manifest) -> Classification:
+            if not manifest.label_names:
+                raise InvalidRequest(
+                    "mode", f"'classify' needs a labelled collection; {collection!r} has no labels"
+                )
+            result = self._search(manifest, queries, k, probes, recall_target, ranking, stats, started)
+            return vote(result, manifest.metric)
+
+        return self._run(collection, version, stats, started, run)
 
     def rank(
         self, manifest: Manifest, queries: np.ndarray, probes: int, ranking: str | None = None
     ) -> np.ndarray:
-        """The ``probes`` best buckets for each query, best first — shape (nq, probes)."""
+        """The ``probes`` best buckets for each prepared query, best first — shape (nq, probes)."""
         ranking = ranking or manifest.params.get("ranking", DEFAULT_RANKING)
         if ranking not in RANKINGS:
             raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {ranking!r}")
-        if ranking == "bbf":
-            scores = manifest.tree.bbf_penalties(queries)
-        else:
-            c = manifest.buckets.centroids
-            scores = np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * (queries @ c.T)
-        if probes < scores.shape[1]:
-            top = np.argpartition(scores, probes - 1, axis=1)[:, :probes]
-        else:
-            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        order = np.argsort(np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
+        scores = bucket_scores(queries, manifest.buckets.centroids, manifest.tree, manifest.metric, ranking)
+        scores[:, manifest.buckets.rows == 0] = np.inf  # an emptied bucket is never worth a GET
+        return top_buckets(scores, probes)
 
     # -- internals -------------------------------------------------------------------------
+    def _run(self, collection: str, version: str | None, stats: QueryStats, started: float, work: Any) -> Any:
+        """Run ``work(manifest)`` on the live (or pinned) manifest in as few GET rounds as possible.
+
+        A warm container whose HEAD is due for revalidation does not wait for it: the
+        conditional GET of HEAD runs alongside the bucket GETs of the cached version, and
+        only if HEAD moved is the work redone on the new version.
+        """
+        if version is None:
+            state = self._heads.get(collection)
+            stale = state is not None and time.monotonic() - state.checked_at >= self.head_ttl
+            cached = self._manifests.get((collection, state.head.version)) if state else None
+            if stale and cached is not None:
+                head_stats = QueryStats()
+                pending = self.store.submit(self._head, collection, head_stats)
+                try:
+                    result = work(cached)
+                finally:
+                    head = pending.result()
+                    stats.s3_gets += head_stats.s3_gets
+                if head.version == cached.version:
+                    return result
+                _reset_counts(stats)
+        return work(self.manifest(collection, version, stats))
+
     def _search(
         self,
         manifest: Manifest,
         queries: np.ndarray,
         k: int,
-        probes: int,
+        probes: int | None,
+        recall_target: float | None,
         ranking: str | None,
         stats: QueryStats,
         started: float,
@@ -208,8 +258,7 @@ class Searcher:
         q = self._prepare_queries(queries, manifest)
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
-        if probes < 1:
-            raise InvalidRequest("probes", f"must be at least 1, got {probes}")
+        probes = self._resolve_probes(manifest, probes, recall_target, stats)
         probe_lists = self.rank(manifest, q, min(probes, manifest.n_buckets), ranking)
         stats.probes = probe_lists.shape[1]
         buckets = self._fetch(manifest, np.unique(probe_lists), stats)
@@ -217,6 +266,29 @@ class Searcher:
         result.stats = stats
         stats.elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
         return result
+
+    def _resolve_probes(
+        self, manifest: Manifest, probes: int | None, recall_target: float | None, stats: QueryStats
+    ) -> int:
+        if probes is not None and recall_target is not None:
+            raise InvalidRequest("probes", "cannot be combined with recall_target; give one of them")
+        if probes is not None:
+            if probes < 1:
+                raise InvalidRequest("probes", f"must be at least 1, got {probes}")
+            return probes
+        if recall_target is not None and not 0.0 < recall_target <= 1.0:
+            raise InvalidRequest("recall_target", f"must be in (0, 1], got {recall_target}")
+        target = DEFAULT_RECALL_TARGET if recall_target is None else recall_target
+        chosen = probes_for(manifest.extra.get("calibration"), target, manifest.n_buckets)
+        if chosen is None:
+            if recall_target is not None:
+                raise InvalidRequest(
+                    "recall_target",
+                    f"needs a calibrated index; rebuild {manifest.collection!r} or give probes",
+                )
+            return DEFAULT_PROBES
+        stats.recall_target = target
+        return chosen
 
     def _head(self, collection: str, stats: QueryStats) -> Head:
         key = layout.head_key(collection)
@@ -265,7 +337,12 @@ class Searcher:
         out: dict[int, Bucket] = {}
         missing: list[int] = []
         for b in needed.tolist():
-            hit = self.buckets.get(manifest.buckets.fingerprints[b])
+            fp = manifest.buckets.fingerprints[b]
+            hit = self.buckets.get(fp)
+            if hit is None and self.disk is not None:
+                hit = self.disk.get(fp, manifest.dim)
+                if hit is not None:
+                    self.buckets.put(fp, hit, hit.nbytes)
             if hit is not None:
                 out[b] = hit
             else:
@@ -284,6 +361,8 @@ class Searcher:
             if bucket.count != int(manifest.buckets.rows[b]) or bucket.vectors.shape[1] != manifest.dim:
                 raise CorruptObject(key, "bucket shape disagrees with the manifest")
             self.buckets.put(fp, bucket, bucket.nbytes)
+            if self.disk is not None:
+                self.disk.put(fp, bucket)
             out[b] = bucket
             stats.bytes_fetched += len(body)
         stats.buckets_fetched = len(missing)
@@ -317,6 +396,8 @@ def _exact_top_k(
         cand_d[qi, slot, :kk] = np.take_along_axis(d, top, axis=1)
         cand_ref[qi, slot, :kk] = (b << 32) | top
     flat_d, flat_ref = cand_d.reshape(nq, -1), cand_ref.reshape(nq, -1)
+    if any(bucket.keys is not None for bucket in buckets.values()):
+        _drop_duplicates(flat_d, flat_ref, buckets)
     order = np.lexsort((flat_ref, flat_d), axis=-1)[:, :k]
     refs = np.take_along_axis(flat_ref, order, axis=1)
     # Recompute the winners' distances exactly (float64) and re-sort: the reported figures
@@ -346,6 +427,29 @@ def _exact_top_k(
         label_codes = np.pad(label_codes, ((0, 0), (0, pad)), constant_values=-1)
         ids = [row + [None] * pad for row in ids]
     return SearchResult(manifest.version, distances, ids, label_codes, manifest.label_names)
+
+
+def _drop_duplicates(flat_d: np.ndarray, flat_ref: np.ndarray, buckets: dict[int, Bucket]) -> None:
+    """A vector replicated into two probed buckets keeps only its first copy (in place)."""
+    keys = np.full(flat_ref.shape, -1, dtype=np.int64)
+    valid = flat_ref >= 0
+    bucket_of, row_of = flat_ref >> 32, flat_ref & 0xFFFFFFFF
+    for b in np.unique(bucket_of[valid]).tolist():
+        sel = valid & (bucket_of == b)
+        bucket_keys = buckets[b].keys
+        keys[sel] = bucket_keys[row_of[sel]] if bucket_keys is not None else -2 - flat_ref[sel]
+    order = np.lexsort((flat_ref, flat_d, keys), axis=-1)
+    sorted_keys = np.take_along_axis(keys, order, axis=1)
+    dup = np.zeros(keys.shape, dtype=bool)
+    dup[:, 1:] = (sorted_keys[:, 1:] == sorted_keys[:, :-1]) & (sorted_keys[:, 1:] != -1)
+    rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
+    flat_d[rows[dup], order[dup]] = np.inf
+    flat_ref[rows[dup], order[dup]] = -1
+
+
+def _reset_counts(stats: QueryStats) -> None:
+    """Forget the per-request bucket figures of a pass that is about to be redone."""
+    stats.buckets_fetched = stats.bytes_fetched = stats.cache_hits = 0
 
 
 def vote(result: SearchResult, metric: str) -> Classification:

@@ -29,12 +29,22 @@ MAX_SOURCE_BYTES = 4 << 30
 
 Fetch = Callable[[S3Uri], bytes]
 
+_SOURCE_FIELDS = {
+    "vectors": {"vectors", "ids", "labels", "label_names"},
+    "jsonl": {"jsonl"},
+    "items": {"items"},
+}
+
 
 def read_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Collection:
     """Dispatch on the source's shape; ``fetch`` reads one S3 object's bytes."""
     kinds = [k for k in ("vectors", "jsonl", "items") if k in source]
     if len(kinds) != 1:
         raise InvalidRequest("source", "must have exactly one of 'vectors', 'jsonl' or 'items'")
+    allowed = _SOURCE_FIELDS[kinds[0]]
+    for name in source:
+        if name not in allowed:
+            raise InvalidRequest(f"source.{name}", f"is not a known field (expected {sorted(allowed)})")
     if kinds[0] == "vectors":
         return _read_npy_source(source, metric=metric, fetch=fetch)
     if kinds[0] == "jsonl":

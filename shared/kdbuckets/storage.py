@@ -16,7 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .errors import InvalidRequest, StorageError
+
+#: Only botocore's own failures are translated; anything else is a bug and must reach the
+#: handler's InternalError path rather than be reworded into a StorageError.
+_BOTO_ERRORS = (ClientError, BotoCoreError)
 
 DEFAULT_CONCURRENCY = 32
 
@@ -118,6 +124,10 @@ class ObjectStore:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kdbuckets-s3")
             return self._pool
 
+    def submit(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the store's I/O threads (to overlap a GET with other work)."""
+        return self._executor().submit(fn, *args)
+
     # -- single objects -------------------------------------------------------------------
     def get(self, key: str) -> tuple[bytes, str]:
         """Body and ETag of ``prefix + key``; :class:`NotFound` if absent."""
@@ -128,7 +138,7 @@ class ObjectStore:
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
             return resp["Body"].read(), resp["ETag"]
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             raise _translate(exc, bucket, key) from exc
 
     def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
@@ -136,7 +146,7 @@ class ObjectStore:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, IfNoneMatch=etag)
             return resp["Body"].read(), resp["ETag"]
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             if _status(exc) == 304:
                 return None
             raise _translate(exc, self.bucket, self.prefix + key) from exc
@@ -153,7 +163,7 @@ class ObjectStore:
             kwargs["IfMatch"] = if_match
         try:
             return self.client.put_object(**kwargs)["ETag"]
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             raise _translate(exc, self.bucket, self.prefix + key) from exc
 
     def put_immutable(self, key: str, body: bytes) -> bool:

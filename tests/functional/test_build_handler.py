@@ -44,9 +44,12 @@ def assert_published(s3: Any, response: dict[str, Any], prefix: str = "") -> Non
 
 def assert_build_response_shape(response: dict[str, Any]) -> None:
     assert {"collection", "version", "count", "buckets", "manifest"} <= set(response)
-    assert isinstance(response["version"], str) and response["version"]
-    assert isinstance(response["count"], int) and response["count"] > 0
-    assert isinstance(response["buckets"], int) and 1 <= response["buckets"] <= response["count"]
+    assert isinstance(response["version"], str)
+    assert response["version"]
+    assert isinstance(response["count"], int)
+    assert response["count"] > 0
+    assert isinstance(response["buckets"], int)
+    assert 1 <= response["buckets"] <= response["count"]
     assert 0 <= response["buckets_written"] <= response["buckets"]
     json.dumps(response)  # a Lambda response must be plain JSON
 
@@ -166,7 +169,8 @@ def test_build_under_index_prefix_writes_only_below_the_prefix(
     response = build_handler.lambda_handler(load_event("build_inline.json"), lambda_context)
 
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=INDEX).get("Contents", [])]
-    assert keys and all(k.startswith("indexes/v1/tiny/") for k in keys)
+    assert keys
+    assert all(k.startswith("indexes/v1/tiny/") for k in keys)
     assert_published(s3, response, prefix="indexes/v1/")
     found = query_handler.lambda_handler(load_event("query_tiny.json"), lambda_context)
     assert found["version"] == response["version"]

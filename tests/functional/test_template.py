@@ -59,7 +59,8 @@ def inline_statements(template: dict[str, Any], function: str) -> list[dict[str,
     policies = as_list(template["Resources"][function]["Properties"].get("Policies", []))
     statements = []
     for policy in policies:
-        assert isinstance(policy, dict) and "Statement" in policy, (
+        assert isinstance(policy, dict), f"{function}: policy {policy!r} is not a statement list"
+        assert "Statement" in policy, (
             f"{function}: policy {policy!r} is not an inline statement list "
             "(managed policies and SAM templates would escape the bucket scoping checks)"
         )
@@ -92,7 +93,8 @@ def test_index_bucket_is_encrypted_at_rest(template: dict[str, Any]) -> None:
     bucket = template["Resources"]["IndexBucket"]["Properties"]
     rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
     algorithms = {r["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules}
-    assert algorithms and algorithms <= {"AES256", "aws:kms", "aws:kms:dsse"}
+    assert algorithms
+    assert algorithms <= {"AES256", "aws:kms", "aws:kms:dsse"}
 
 
 def test_index_bucket_blocks_all_public_access(template: dict[str, Any]) -> None:
@@ -147,7 +149,9 @@ def test_query_function_policy_is_read_only_on_the_index_bucket(template: dict[s
     assert actions <= READ_ONLY_S3_ACTIONS, f"non-read actions: {actions - READ_ONLY_S3_ACTIONS}"
     for statement in statements:
         for resource in as_list(statement["Resource"]):
-            assert refers_to_index_bucket(resource), f"QueryFunction may only read IndexBucket, got {resource}"
+            assert refers_to_index_bucket(resource), (
+                f"QueryFunction may only read IndexBucket, got {resource}"
+            )
 
 
 def test_query_function_reads_objects_only_under_the_index_prefix(template: dict[str, Any]) -> None:
@@ -175,8 +179,10 @@ def test_build_function_writes_only_under_the_index_prefix(template: dict[str, A
 def test_function_has_explicit_memory_and_timeout(template: dict[str, Any], function: str) -> None:
     memory = resolve(template, effective(template, function, "MemorySize"))
     timeout = resolve(template, effective(template, function, "Timeout"))
-    assert isinstance(memory, int) and 128 <= memory <= 10240, memory
-    assert isinstance(timeout, int) and 1 <= timeout <= 900, timeout
+    assert isinstance(memory, int), memory
+    assert 128 <= memory <= 10240, memory
+    assert isinstance(timeout, int), timeout
+    assert 1 <= timeout <= 900, timeout
 
 
 def test_query_function_answers_within_thirty_seconds(template: dict[str, Any]) -> None:
@@ -191,7 +197,8 @@ def test_function_logs_to_a_log_group_with_retention(template: dict[str, Any], f
     group = template["Resources"][ref["Ref"]]
     assert group["Type"] == "AWS::Logs::LogGroup"
     retention = resolve(template, group["Properties"].get("RetentionInDays"))
-    assert isinstance(retention, int) and retention > 0, "log group must expire its events"
+    assert isinstance(retention, int), "log group must expire its events"
+    assert retention > 0, "log group must expire its events"
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
