@@ -49,8 +49,16 @@ format: $(VENV_STAMP) ## apply ruff fixes and formatting
 invoke: $(VENV_STAMP) ## run one handler with one event through awslambdaric: make invoke FN=query EVENT=events/query_basic.json
 	$(PY) -m devtools.invoke $(FN) $(EVENT)
 
-bench: $(VENV_STAMP) ## benchmarks → bench/REPORT.md (not tests; timings live here only)
-	$(PY) -m devtools.bench
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.stamp
+
+$(BENCH_STAMP): bench/requirements.txt requirements-dev.txt requirements-invoke.txt shared/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+bench: $(BENCH_STAMP) ## benchmarks vs FAISS IVF-Flat → bench/REPORT.md + plots (not tests; ~15 min)
+	$(BENCH_VENV)/bin/python -m bench.run
 
 tools-venv: $(TOOLS_STAMP) ## create .venv-tools (SAM CLI, cfn-lint); SAM pins its own boto3
 

@@ -46,8 +46,8 @@ class BuildParams:
     split: str = "spread"
     projection: str = "pca"
     dtype: str = "float32"
-    refine: int = 0
-    replicate: float = 0.0
+    refine: int = 10
+    replicate: float = 0.25
     ranking: str = "centroid"
 
     def __post_init__(self) -> None:

@@ -10,10 +10,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import layout
-from .builder import BuildParams
+from .builder import MAX_REFINE, BuildParams
 from .errors import InvalidRequest
 from .searcher import MAX_K, RANKINGS
 from .sources import vector_matrix
@@ -48,17 +58,12 @@ class BuildRequest(_Strict):
     split: Literal["spread", "random"] = "spread"
     projection: Literal["pca", "none"] = "pca"
     dtype: Literal["float32", "float16"] = "float32"
+    refine: Annotated[StrictInt, Field(ge=0, le=MAX_REFINE)] = BuildParams.refine
+    replicate: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = BuildParams.replicate
+    ranking: Ranking = BuildParams.ranking
 
     def params(self) -> BuildParams:
-        return BuildParams(
-            metric=self.metric,
-            bucket_size=self.bucket_size,
-            max_depth=self.max_depth,
-            seed=self.seed,
-            split=self.split,
-            projection=self.projection,
-            dtype=self.dtype,
-        )
+        return BuildParams(**self.model_dump(exclude={"collection", "source"}))
 
 
 class QueryRequest(_Strict):
@@ -67,10 +72,17 @@ class QueryRequest(_Strict):
     collection: StrictStr
     vectors: Annotated[list[Any], Field(min_length=1, max_length=MAX_QUERY_VECTORS)]
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
-    probes: Annotated[StrictInt, Field(ge=1, le=MAX_PROBES)] = 8
+    probes: Annotated[StrictInt, Field(ge=1, le=MAX_PROBES)] | None = None
+    recall_target: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] | None = None
     mode: Literal["search", "classify"] = "search"
     version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
     ranking: Ranking | None = None
+
+    @model_validator(mode="after")
+    def _one_probe_knob(self) -> QueryRequest:
+        if self.probes is not None and self.recall_target is not None:
+            raise InvalidRequest("probes", "cannot be combined with recall_target; give one of them")
+        return self
 
     def matrix(self) -> np.ndarray:
         """Query vectors as float32 (nq, d); non-numeric or ragged input names the element."""

@@ -37,3 +37,7 @@ def manifest_key(collection: str, version: str) -> str:
 
 def bucket_key(collection: str, fingerprint: str) -> str:
     return f"{check_collection(collection)}/buckets/{fingerprint}"
+
+
+def id_shard_key(collection: str, fingerprint: str) -> str:
+    return f"{check_collection(collection)}/ids/{fingerprint}"

@@ -67,6 +67,8 @@ class Manifest:
     buckets: BucketTable
     parent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: fingerprints of the id-directory shards ({collection}/ids/{sha256}); see directory.py
+    id_shards: list[str] = field(default_factory=list)
 
     @property
     def n_buckets(self) -> int:
@@ -107,6 +109,7 @@ def encode_manifest(m: Manifest) -> bytes:
                 "radii": codec.pack_array(b.radii.astype("<f4")),
             },
             "extra": m.extra,
+            "id_shards": list(m.id_shards),
         }
     )
 
@@ -158,7 +161,13 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         isinstance(label_names, list) and all(isinstance(x, str) for x in label_names)
     ):
         raise CorruptObject(key, "label_names is not a list of strings")
+    id_shards = obj.get("id_shards") or []
+    if not isinstance(id_shards, list) or not all(
+        isinstance(f, str) and _SHA256.fullmatch(f) for f in id_shards
+    ):
+        raise CorruptObject(key, "id_shards are not SHA-256 hex strings")
     return Manifest(
+        id_shards=id_shards,
         collection=codec.require(obj, "collection", str, key=key),
         version=codec.require(obj, "version", str, key=key),
         parent=obj.get("parent"),

@@ -25,7 +25,7 @@ def centroids_of(
     """Mean of each cell's vectors (n_cells, d); an empty cell keeps its previous centroid."""
     d = vectors.shape[1]
     sums = np.zeros((n_cells, d), dtype=np.float64)
-    np.add.at(sums, assign, vectors) if len(vectors) < 50_000 else _scatter_add(sums, vectors, assign)
+    _scatter_add(sums, vectors, assign)
     counts = np.bincount(assign, minlength=n_cells)
     out = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
     if previous is not None:
@@ -95,7 +95,7 @@ def spill(
     centroids: np.ndarray,
     fraction: float,
     *,
-    candidates: int = 16,
+    candidates: int = 128,
     weight: float = 1.0,
 ) -> np.ndarray:
     """Second bucket for the ``fraction`` of vectors that most need one; -1 for the rest.

@@ -47,6 +47,7 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
     options = {
         "k": request.k,
         "probes": request.probes,
+        "recall_target": request.recall_target,
         "version": request.version,
         "ranking": request.ranking,
     }

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,6 +31,16 @@ _client_lock = threading.Lock()
 _clients: dict[int, Any] = {}
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^\x00-\x1f]{1,1024})$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: key relative to the store's prefix, size, modification time, ETag."""
+
+    key: str
+    size: int
+    last_modified: datetime
+    etag: str
 
 
 class NotFound(StorageError):
@@ -173,6 +184,42 @@ class ObjectStore:
             return True
         except PreconditionFailed:
             return False
+
+    # -- listing and deletion (versions and garbage collection) ---------------------------------
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``self.prefix + prefix``, keys relative to ``self.prefix``."""
+        out: list[ObjectInfo] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out.append(
+                        ObjectInfo(
+                            obj["Key"][len(self.prefix) :], int(obj["Size"]), obj["LastModified"], obj["ETag"]
+                        )
+                    )
+        except _BOTO_ERRORS as exc:
+            raise _translate(exc, self.bucket, self.prefix + prefix) from exc
+        return out
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete objects (relative keys) in batches of 1,000; returns how many were deleted."""
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self.prefix + k} for k in keys[start : start + 1000]]
+            try:
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except _BOTO_ERRORS as exc:
+                raise _translate(exc, self.bucket, batch[0]["Key"]) from exc
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StorageError(f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Code')}")
+            deleted += len(batch)
+        return deleted
 
     # -- many objects in parallel ---------------------------------------------------------
     def get_many(self, keys: Sequence[str]) -> list[bytes]:

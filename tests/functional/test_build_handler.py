@@ -36,10 +36,18 @@ def assert_published(s3: Any, response: dict[str, Any], prefix: str = "") -> Non
     manifest = decode_manifest(read(s3, response["manifest"]), key=response["manifest"])
     assert (manifest.collection, manifest.version, manifest.count) == (collection, version, response["count"])
     assert manifest.n_buckets == response["buckets"]
-    assert int(manifest.buckets.rows.sum()) == response["count"]
+    replicated = round(manifest.params["replicate"] * response["count"])
+    assert int(manifest.buckets.rows.sum()) == response["count"] + replicated
+    copies: dict[Any, int] = {}
     for fp, rows in zip(manifest.buckets.fingerprints, manifest.buckets.rows.tolist(), strict=True):
         key = prefix + layout.bucket_key(collection, fp)
-        assert decode_bucket(read(s3, key), key=key, expected_fingerprint=fp).count == rows
+        bucket = decode_bucket(read(s3, key), key=key, expected_fingerprint=fp)
+        assert bucket.count == rows
+        for ident in bucket.ids.to_numpy().tolist():
+            copies[ident] = copies.get(ident, 0) + 1
+    assert len(copies) == response["count"]  # every vector is stored...
+    assert set(copies.values()) <= {1, 2}  # ...once, or twice when it sits on a cell border
+    assert sum(c == 2 for c in copies.values()) == replicated
 
 
 def assert_build_response_shape(response: dict[str, Any]) -> None:

@@ -27,9 +27,17 @@ def refused(parse: Any, event: object, field: str) -> InvalidRequest:
 
 def test_minimal_query_gets_the_defaults() -> None:
     request, vectors = parse_query(QUERY)
-    assert (request.k, request.probes, request.mode, request.version, request.ranking) == (
+    assert (
+        request.k,
+        request.probes,
+        request.recall_target,
+        request.mode,
+        request.version,
+        request.ranking,
+    ) == (
         10,
-        8,
+        None,  # the searcher then picks probes from the index's calibration curve (target 0.95)
+        None,
         "search",
         None,
         None,

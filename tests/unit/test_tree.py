@@ -11,6 +11,8 @@ from kdbuckets.codec import fingerprint
 from kdbuckets.manifest import BucketTable, Manifest, encode_manifest
 from kdbuckets.tree import Tree, build_tree, with_basis
 
+#: Build options that keep the buckets exactly the tree's leaves (no refinement, no replication).
+TREE_ONLY = {"refine": 0, "replicate": 0.0}
 SPLITS = ("random", "spread")
 
 
@@ -111,7 +113,9 @@ def test_every_row_lands_in_exactly_one_leaf(split: str) -> None:
 @pytest.mark.parametrize("projection", ["none", "pca"])
 def test_partition_leaf_rows_are_a_partition_of_the_rows(split: str, projection: str) -> None:
     vectors = anisotropic(1500, 6, seed=3)
-    part = partition(vectors, BuildParams(metric="l2", bucket_size=40, split=split, projection=projection))
+    part = partition(
+        vectors, BuildParams(metric="l2", bucket_size=40, split=split, projection=projection, **TREE_ONLY)
+    )
     assert len(part.leaf_rows) == part.tree.n_leaves
     assert all(len(rows) > 0 for rows in part.leaf_rows)
     everything = np.concatenate(part.leaf_rows)
@@ -237,7 +241,9 @@ def test_leaf_of_agrees_with_leaf_of_row_in_the_build_basis(split: str) -> None:
 @pytest.mark.parametrize("split", SPLITS)
 def test_leaf_of_agrees_with_partition_for_points_away_from_thresholds(split: str) -> None:
     vectors = anisotropic(2000, 8, seed=10)
-    part = partition(vectors, BuildParams(metric="l2", bucket_size=30, split=split, projection="pca"))
+    part = partition(
+        vectors, BuildParams(metric="l2", bucket_size=30, split=split, projection="pca", **TREE_ONLY)
+    )
     leaf_of_row = np.empty(len(vectors), dtype=np.int64)
     for leaf, rows in enumerate(part.leaf_rows):
         leaf_of_row[rows] = leaf
