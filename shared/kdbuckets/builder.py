@@ -22,6 +22,7 @@ from .bucket import IdColumn, dedup_keys, encode_bucket
 from .calibration import calibrate
 from .codec import fingerprint
 from .collection import Collection
+from .directory import build_shards, encode_shard, shard_count
 from .errors import Conflict, InvalidRequest
 from .manifest import BucketTable, Manifest, decode_head, encode_head, encode_manifest
 from .projection import fit_pca
@@ -141,11 +142,24 @@ def build_index(
     curve = calibrate(vectors, part, params.metric, params.ranking, seed=params.seed)
     timings["calibrate_ms"] = _ms(t_cal)
 
+    keys = dedup_keys(data.ids)
+    shard_bodies = [
+        encode_shard(s) for s in build_shards(keys, part.primary, part.secondary, shard_count(len(keys)))
+    ]
+    shard_fps = [fingerprint(b) for b in shard_bodies]
+
     t2 = time.perf_counter()
-    written = store.put_many(
-        (layout.bucket_key(collection_name, fp), body)
-        for fp, body in zip(table.fingerprints, bodies, strict=True)
+    created = store.put_many(
+        [
+            (layout.bucket_key(collection_name, fp), body)
+            for fp, body in zip(table.fingerprints, bodies, strict=True)
+        ]
+        + [
+            (layout.id_shard_key(collection_name, fp), body)
+            for fp, body in zip(shard_fps, shard_bodies, strict=True)
+        ]
     )
+    written = sum(created[: len(bodies)])
     timings["upload_ms"] = _ms(t2)
 
     version = new_version()
@@ -164,6 +178,7 @@ def build_index(
         tree=part.tree,
         buckets=table,
         extra={"calibration": curve},
+        id_shards=shard_fps,
     )
     mkey = publish(store, manifest, expected_head)
     timings["total_ms"] = _ms(t0)

@@ -228,10 +228,9 @@ class ObjectStore:
             return [self.get(k)[0] for k in keys]
         return [body for body, _ in self._executor().map(self.get, keys)]
 
-    def put_many(self, items: Iterable[tuple[str, bytes]]) -> int:
-        """Write immutable objects concurrently; returns how many were new."""
-        results = self._executor().map(lambda kv: self.put_immutable(*kv), list(items))
-        return sum(1 for created in results if created)
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
+        """Write immutable objects concurrently; per item, whether it was new."""
+        return list(self._executor().map(lambda kv: self.put_immutable(*kv), list(items)))
 
 
 def _status(exc: Exception) -> int | None:

@@ -21,7 +21,7 @@ import pytest
 from devtools import local
 from kdbuckets import ObjectStore, Searcher, storage
 
-_KEY = re.compile(r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|buckets)(?:/(?P<name>[^/]+))?$")
+_KEY = re.compile(r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|buckets|ids)(?:/(?P<name>[^/]+))?$")
 PROBES = 3
 
 
@@ -187,8 +187,11 @@ def test_build_writes_buckets_then_manifest_then_head_conditionally(
 
     puts = [(k, n, h) for m, k, n, h in wire.requests if m == "PUT"]
     kinds = [k for k, _, _ in puts]
-    assert kinds == ["buckets"] * first["buckets"] + ["manifests", "HEAD"]
-    assert all(h.get("If-None-Match") == "*" for k, _, h in puts if k in ("buckets", "manifests"))
+    immutable = kinds[:-2]  # buckets and id-directory shards, uploaded in parallel
+    assert kinds[-2:] == ["manifests", "HEAD"]
+    assert immutable.count("buckets") == first["buckets"]
+    assert set(immutable) == {"buckets", "ids"}
+    assert all(h.get("If-None-Match") == "*" for k, _, h in puts if k in ("buckets", "ids", "manifests"))
     assert puts[-1][2].get("If-None-Match") == "*"  # a new collection: HEAD must not exist yet
     assert "If-Match" not in puts[-1][2]
     assert wire.count("GET", "HEAD") == 1
@@ -198,7 +201,8 @@ def test_build_writes_buckets_then_manifest_then_head_conditionally(
     second = build_handler.lambda_handler(event, lambda_context)
 
     puts = [(k, h) for m, k, _, h in wire.requests if m == "PUT"]
-    assert [k for k, _ in puts] == ["buckets"] * second["buckets"] + ["manifests", "HEAD"]
+    assert [k for k, _ in puts][-2:] == ["manifests", "HEAD"]
+    assert [k for k, _ in puts][:-2].count("buckets") == second["buckets"]
     assert second["buckets_written"] == 0
     head_etag = s3.head_object(Bucket=local.INDEX_BUCKET, Key=f"{local.COLLECTION}/HEAD")["ETag"]
     assert puts[-1][1].get("If-Match") not in (None, head_etag)  # swapped against the old ETag
