@@ -21,6 +21,7 @@ import numpy as np
 
 from . import codec
 from .errors import CorruptObject
+from .metadata import MetadataColumns
 
 FORMAT = "kdbuckets/bucket"
 FORMAT_VERSION = 1
@@ -74,6 +75,7 @@ class Bucket:
     labels: np.ndarray | None  # (n,) int32 codes, -1 = unlabelled
     stored_dtype: str = "float32"
     keys: np.ndarray | None = None  # (n,) int64 dedup keys, present when vectors are replicated
+    metadata: MetadataColumns | None = None  # per-row JSON metadata, columnar for filters
     _sq_norms: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -89,7 +91,10 @@ class Bucket:
             else len(self.ids.utf8) + self.ids.offsets.nbytes
         )
         labels = 0 if self.labels is None else self.labels.nbytes
-        return int(self.vectors.nbytes + ids + labels)
+        extra = (0 if self.keys is None else self.keys.nbytes) + (
+            0 if self.metadata is None else self.metadata.nbytes
+        )
+        return int(self.vectors.nbytes + ids + labels + extra)
 
     def sq_norms(self) -> np.ndarray:
         """Squared norms of the vectors, computed once per decoded bucket (for l2)."""
@@ -117,6 +122,7 @@ def encode_bucket(
     *,
     dtype: str = "float32",
     keys: np.ndarray | None = None,
+    metadata: MetadataColumns | None = None,
 ) -> bytes:
     """Encode one bucket; ``dtype`` is the storage precision ("float32" or "float16")."""
     if dtype not in ("float32", "float16"):
@@ -137,6 +143,8 @@ def encode_bucket(
     }
     if keys is not None:  # optional field: buckets without replication stay byte-identical
         obj["keys"] = codec.pack_array(keys.astype("<i8"))
+    if metadata is not None:  # optional too: buckets without metadata carry no extra bytes
+        obj["metadata"] = metadata.encode()
     return codec.dumps(obj)
 
 
@@ -170,7 +178,12 @@ def decode_bucket(body: bytes, *, key: str, expected_fingerprint: str | None = N
         keys = codec.unpack_array(obj["keys"], key=key, name="keys", dtype="<i8", ndim=1)
         if keys.shape != (count,):
             raise CorruptObject(key, f"keys have {keys.shape[0]} rows, expected {count}")
-    return Bucket(vectors=vectors32, ids=ids, labels=labels, stored_dtype=stored, keys=keys)
+    metadata = None
+    if obj.get("metadata") is not None:
+        metadata = MetadataColumns.decode(obj["metadata"], count, key=key)
+    return Bucket(
+        vectors=vectors32, ids=ids, labels=labels, stored_dtype=stored, keys=keys, metadata=metadata
+    )
 
 
 def _decode_ids(node: dict, count: int, *, key: str) -> IdColumn:

@@ -25,6 +25,7 @@ from .collection import Collection
 from .directory import build_shards, encode_shard, shard_count
 from .errors import Conflict, InvalidRequest
 from .manifest import BucketTable, Manifest, decode_head, encode_head, encode_manifest
+from .metadata import MetadataColumns
 from .projection import fit_pca
 from .ranking import RANKINGS
 from .refine import lloyd, spill
@@ -124,13 +125,22 @@ def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
 
 
 def build_index(
-    store: ObjectStore, collection_name: str, data: Collection, params: BuildParams
+    store: ObjectStore,
+    collection_name: str,
+    data: Collection,
+    params: BuildParams,
+    *,
+    expected_head: tuple[str | None, str | None] | None = None,
 ) -> BuildResult:
-    """Partition ``data``, upload its buckets and publish a new version of the collection."""
+    """Partition ``data``, upload its buckets and publish a new version of the collection.
+
+    ``expected_head`` is the (ETag, version) of HEAD that the publish must replace; by default
+    HEAD is read when the build starts.
+    """
     layout.check_collection(collection_name)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    expected_head, parent = _current_head(store, collection_name)
+    expected_head, parent = expected_head or _current_head(store, collection_name)
     vectors = metrics.prepare(data.vectors, params.metric)
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)
@@ -235,8 +245,20 @@ def _encode_buckets(
         members = vectors[rows]
         labels = None if data.label_codes is None else data.label_codes[rows]
         ids = IdColumn.from_values(data.ids[rows])
+        meta = (
+            None
+            if data.metadata is None
+            else MetadataColumns.from_records([data.metadata[r] for r in rows.tolist()])
+        )
         bodies.append(
-            encode_bucket(members, ids, labels, dtype=params.dtype, keys=None if keys is None else keys[rows])
+            encode_bucket(
+                members,
+                ids,
+                labels,
+                dtype=params.dtype,
+                keys=None if keys is None else keys[rows],
+                metadata=meta,
+            )
         )
         if len(rows):
             radii[b] = np.sqrt(np.square(members - part.centroids[b]).sum(axis=1).max())

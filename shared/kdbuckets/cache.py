@@ -19,6 +19,7 @@ import numpy as np
 
 from . import codec
 from .bucket import Bucket, IdColumn
+from .metadata import MetadataColumns
 
 V = TypeVar("V")
 
@@ -108,7 +109,19 @@ class DiskTier:
             None if meta["labels"] is None else codec.unpack_array(meta["labels"], key=base, name="labels")
         )
         keys = None if meta["keys"] is None else codec.unpack_array(meta["keys"], key=base, name="keys")
-        return Bucket(vectors=vectors, ids=ids, labels=labels, stored_dtype=meta["stored_dtype"], keys=keys)
+        columns = (
+            None
+            if meta.get("metadata") is None
+            else MetadataColumns.decode(meta["metadata"], len(vectors), key=base)
+        )
+        return Bucket(
+            vectors=vectors,
+            ids=ids,
+            labels=labels,
+            stored_dtype=meta["stored_dtype"],
+            keys=keys,
+            metadata=columns,
+        )
 
     def put(self, fingerprint: str, bucket: Bucket) -> None:
         """Store a verified bucket atomically, then evict the oldest beyond the budget."""
@@ -120,6 +133,7 @@ class DiskTier:
             "labels": None if bucket.labels is None else codec.pack_array(bucket.labels),
             "keys": None if bucket.keys is None else codec.pack_array(bucket.keys),
             "stored_dtype": bucket.stored_dtype,
+            "metadata": None if bucket.metadata is None else bucket.metadata.encode(),
         }
         base = os.path.join(self.directory, fingerprint)
         self._write(base + ".meta", codec.dumps(meta))

@@ -25,6 +25,7 @@ class Collection:
     ids: np.ndarray
     label_codes: np.ndarray | None
     label_names: list[str] | None
+    metadata: list[dict | None] | None = None  # validated JSON objects, one per row
 
     @property
     def count(self) -> int:
@@ -42,6 +43,7 @@ def make_collection(
     *,
     metric: str,
     fields: tuple[str, str, str] = ("source.vectors", "source.ids", "source.labels"),
+    metadata: list[dict | None] | None = None,
 ) -> Collection:
     """Check and normalise raw arrays into a :class:`Collection`.
 
@@ -71,7 +73,12 @@ def make_collection(
             )
     ids = _check_ids(ids, n, idf)
     codes, names = _check_labels(labels, n, lf)
-    return Collection(vectors=vectors, ids=ids, label_codes=codes, label_names=names)
+    if metadata is not None:
+        if len(metadata) != n:
+            raise InvalidRequest(vf, f"has {n} rows but {len(metadata)} metadata objects")
+        if all(m is None for m in metadata):
+            metadata = None  # no metadata at all: buckets carry none
+    return Collection(vectors=vectors, ids=ids, label_codes=codes, label_names=names, metadata=metadata)
 
 
 def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -25,6 +26,7 @@ from pydantic import (
 from . import layout
 from .builder import MAX_REFINE, BuildParams
 from .errors import InvalidRequest
+from .filters import Filter, parse_filter
 from .searcher import MAX_K, RANKINGS
 from .sources import vector_matrix
 
@@ -74,6 +76,9 @@ class QueryRequest(_Strict):
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     probes: Annotated[StrictInt, Field(ge=1, le=MAX_PROBES)] | None = None
     recall_target: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] | None = None
+    filter: dict[StrictStr, Any] | None = None
+    max_probes: Annotated[StrictInt, Field(ge=1, le=MAX_PROBES)] | None = None
+    include_metadata: StrictBool = False
     mode: Literal["search", "classify"] = "search"
     version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
     ranking: Ranking | None = None
@@ -83,6 +88,10 @@ class QueryRequest(_Strict):
         if self.probes is not None and self.recall_target is not None:
             raise InvalidRequest("probes", "cannot be combined with recall_target; give one of them")
         return self
+
+    def parsed_filter(self) -> Filter | None:
+        """The metadata filter, validated (errors name e.g. ``filter.year.$gte``)."""
+        return None if self.filter is None else parse_filter(self.filter, "filter")
 
     def matrix(self) -> np.ndarray:
         """Query vectors as float32 (nq, d); non-numeric or ragged input names the element."""
@@ -94,10 +103,10 @@ def parse_build(event: object) -> BuildRequest:
     return _parse(BuildRequest, event)
 
 
-def parse_query(event: object) -> tuple[QueryRequest, np.ndarray]:
-    """Validate a query event; returns the request and its vectors (nq, d) float32."""
+def parse_query(event: object) -> tuple[QueryRequest, np.ndarray, Filter | None]:
+    """Validate a query event; returns the request, its vectors (nq, d) float32 and its filter."""
     request = _parse(QueryRequest, event)
-    return request, request.matrix()
+    return request, request.matrix(), request.parsed_filter()
 
 
 def _parse(model: type[BaseModel], event: object) -> Any:
@@ -127,3 +136,47 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
     got = got if len(got) <= 60 else got[:57] + "..."
     message = err["msg"][0].lower() + err["msg"][1:]
     return InvalidRequest(field, f"is invalid: {message} (got {got})")
+
+
+MAX_WRITE_ITEMS = 5000
+MAX_DELETE_IDS = 10_000
+Operation = Literal["upsert", "delete", "compact", "versions", "describe", "rollback", "gc"]
+
+
+class WriteRequest(_Strict):
+    """A write event: upsert/delete by id, or a maintenance operation on versions."""
+
+    collection: StrictStr
+    operation: Operation
+    items: Annotated[list[Any], Field(min_length=1, max_length=MAX_WRITE_ITEMS)] | None = None
+    ids: Annotated[list[StrictStr | StrictInt], Field(min_length=1, max_length=MAX_DELETE_IDS)] | None = None
+    version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
+    expected_version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
+    keep_last: Annotated[StrictInt, Field(ge=1, le=1000)] = 5
+    grace_seconds: Annotated[StrictInt, Field(ge=0, le=7 * 86400)] = 900
+    dry_run: StrictBool = False
+
+    @model_validator(mode="after")
+    def _fields_of_the_operation(self) -> WriteRequest:
+        needs = {"upsert": "items", "delete": "ids", "describe": "version", "rollback": "version"}
+        allowed = {
+            "upsert": {"items"},
+            "delete": {"ids"},
+            "compact": set(),
+            "versions": set(),
+            "describe": {"version"},
+            "rollback": {"version", "expected_version"},
+            "gc": {"keep_last", "grace_seconds", "dry_run"},
+        }[self.operation]
+        required = needs.get(self.operation)
+        if required and getattr(self, required) is None:
+            raise InvalidRequest(required, f"is required for operation {self.operation!r}")
+        for name in ("items", "ids", "version", "expected_version", "keep_last", "grace_seconds", "dry_run"):
+            if name in self.model_fields_set and name not in allowed:
+                raise InvalidRequest(name, f"does not apply to operation {self.operation!r}")
+        return self
+
+
+def parse_write(event: object) -> WriteRequest:
+    """Validate a write event."""
+    return _parse(WriteRequest, event)

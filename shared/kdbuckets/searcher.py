@@ -21,6 +21,7 @@ from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
 from .codec import fingerprint
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest
+from .filters import Filter
 from .manifest import Head, Manifest, decode_head, decode_manifest
 from .ranking import RANKINGS, bucket_scores, top_buckets
 from .storage import NotFound, ObjectStore
@@ -29,6 +30,8 @@ DEFAULT_RANKING = "centroid"
 DEFAULT_RECALL_TARGET = 0.95
 DEFAULT_PROBES = 8
 MAX_K = 1000
+#: Upper bound on buckets a filtered query reads while looking for k matches.
+MAX_FILTER_PROBES = 1024
 _MANIFESTS_KEPT = 8
 
 
@@ -64,6 +67,7 @@ class SearchResult:
     label_codes: np.ndarray
     label_names: list[str] | None
     stats: QueryStats = field(default_factory=QueryStats)
+    metadata: list[list[dict[str, Any] | None]] = field(default_factory=list)
 
     def labels(self) -> list[list[str | None]]:
         names = self.label_names
@@ -166,12 +170,16 @@ class Searcher:
         recall_target: float | None = None,
         version: str | None = None,
         ranking: str | None = None,
+        filter: Filter | None = None,
+        max_probes: int | None = None,
     ) -> SearchResult:
         """k nearest neighbours of each row of ``queries`` (nq, d).
 
         ``probes`` buckets are read per query; or, with ``recall_target``, as many as the
         build-time calibration says reach that recall@10. With neither, the target is
         :data:`DEFAULT_RECALL_TARGET` (or :data:`DEFAULT_PROBES` for an uncalibrated index).
+        With ``filter``, only vectors whose metadata match count, and more buckets are read
+        (up to ``max_probes``) until every query has k matches.
         """
         started = time.perf_counter()
         stats = QueryStats()
@@ -180,7 +188,9 @@ class Searcher:
             version,
             stats,
             started,
-            lambda m: self._search(m, queries, k, probes, recall_target, ranking, stats, started),
+            lambda m: self._search(
+                m, queries, k, probes, recall_target, ranking, stats, started, filter, max_probes
+            ),
         )
 
     def classify(
@@ -193,6 +203,8 @@ class Searcher:
         recall_target: float | None = None,
         version: str | None = None,
         ranking: str | None = None,
+        filter: Filter | None = None,
+        max_probes: int | None = None,
     ) -> Classification:
         """Distance-weighted k-NN vote over the neighbours :meth:`search` finds."""
         started = time.perf_counter()
@@ -203,7 +215,9 @@ class Searcher:
                 raise InvalidRequest(
                     "mode", f"'classify' needs a labelled collection; {collection!r} has no labels"
                 )
-            result = self._search(manifest, queries, k, probes, recall_target, ranking, stats, started)
+            result = self._search(
+                manifest, queries, k, probes, recall_target, ranking, stats, started, filter, max_probes
+            )
             return vote(result, manifest.metric)
 
         return self._run(collection, version, stats, started, run)
@@ -254,18 +268,60 @@ class Searcher:
         ranking: str | None,
         stats: QueryStats,
         started: float,
+        filter: Filter | None = None,
+        max_probes: int | None = None,
     ) -> SearchResult:
         q = self._prepare_queries(queries, manifest)
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
-        probes = self._resolve_probes(manifest, probes, recall_target, stats)
-        probe_lists = self.rank(manifest, q, min(probes, manifest.n_buckets), ranking)
-        stats.probes = probe_lists.shape[1]
-        buckets = self._fetch(manifest, np.unique(probe_lists), stats)
-        result = _exact_top_k(q, probe_lists, buckets, k, manifest)
+        probes = min(self._resolve_probes(manifest, probes, recall_target, stats), manifest.n_buckets)
+        if filter is None:
+            probe_lists = self.rank(manifest, q, probes, ranking)
+            stats.probes = probe_lists.shape[1]
+            buckets = self._fetch(manifest, np.unique(probe_lists), stats)
+            result = _exact_top_k(q, probe_lists, buckets, k, manifest)
+        else:
+            result = self._filtered(manifest, q, k, probes, ranking, stats, filter, max_probes)
         result.stats = stats
         stats.elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
         return result
+
+    def _filtered(
+        self,
+        manifest: Manifest,
+        q: np.ndarray,
+        k: int,
+        probes: int,
+        ranking: str | None,
+        stats: QueryStats,
+        filt: Filter,
+        max_probes: int | None,
+    ) -> SearchResult:
+        """Filtered search: widen the probe set (doubling) for queries with fewer than k matches.
+
+        Stops when every query has k matches or ``max_probes`` buckets (default: all of them,
+        capped at :data:`MAX_FILTER_PROBES`) were read — so k results come back whenever at
+        least k vectors match within that bound, never silently fewer.
+        """
+        limit = min(manifest.n_buckets, max_probes or MAX_FILTER_PROBES)
+        order = self.rank(manifest, q, manifest.n_buckets, ranking)
+        masks: dict[int, np.ndarray] = {}
+        result: SearchResult | None = None
+        pending = np.arange(len(q))
+        p = min(probes, limit)
+        while True:
+            lists = order[pending, :p]
+            buckets = self._fetch(manifest, np.unique(lists), stats, accumulate=True)
+            for b, bucket in buckets.items():
+                if b not in masks:
+                    masks[b] = filt.mask(bucket.metadata, bucket.count)
+            part = _exact_top_k(q[pending], lists, buckets, k, manifest, masks)
+            result = part if result is None else _merge_rows(result, part, pending)
+            stats.probes = p
+            short = np.isfinite(part.distances).sum(axis=1) < k
+            if not short.any() or p >= limit:
+                return result
+            pending, p = pending[short], min(limit, 2 * p)
 
     def _resolve_probes(
         self, manifest: Manifest, probes: int | None, recall_target: float | None, stats: QueryStats
@@ -332,7 +388,9 @@ class Searcher:
                 )
         return metrics.prepare(queries, manifest.metric)
 
-    def _fetch(self, manifest: Manifest, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
+    def _fetch(
+        self, manifest: Manifest, needed: np.ndarray, stats: QueryStats, accumulate: bool = False
+    ) -> dict[int, Bucket]:
         """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs."""
         out: dict[int, Bucket] = {}
         missing: list[int] = []
@@ -347,7 +405,7 @@ class Searcher:
                 out[b] = hit
             else:
                 missing.append(b)
-        stats.cache_hits = len(out)
+        stats.cache_hits = len(out) + (stats.cache_hits if accumulate else 0)
         keys = [layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b]) for b in missing]
         try:
             bodies = self.store.get_many(keys)
@@ -365,21 +423,31 @@ class Searcher:
                 self.disk.put(fp, bucket)
             out[b] = bucket
             stats.bytes_fetched += len(body)
-        stats.buckets_fetched = len(missing)
+        stats.buckets_fetched = len(missing) + (stats.buckets_fetched if accumulate else 0)
         stats.s3_gets += len(missing)
         return out
 
 
 def _exact_top_k(
-    queries: np.ndarray, probe_lists: np.ndarray, buckets: dict[int, Bucket], k: int, manifest: Manifest
+    queries: np.ndarray,
+    probe_lists: np.ndarray,
+    buckets: dict[int, Bucket],
+    k: int,
+    manifest: Manifest,
+    masks: dict[int, np.ndarray] | None = None,
 ) -> SearchResult:
-    """Score every fetched bucket once against the queries that probe it; merge to top k."""
+    """Score every fetched bucket once against the queries that probe it; merge to top k.
+
+    ``masks`` (bucket → bool per row) excludes the rows a metadata filter rejects.
+    """
     nq, p = probe_lists.shape
     cand_d = np.full((nq, p, k), np.inf, dtype=np.float32)
     cand_ref = np.full((nq, p, k), -1, dtype=np.int64)
     for b, bucket in buckets.items():
         hit = probe_lists == b
         qi = np.flatnonzero(hit.any(axis=1))
+        if bucket.count == 0 or qi.size == 0:
+            continue
         slot = np.argmax(hit[qi], axis=1)
         d = metrics.pairwise(
             queries[qi],
@@ -387,14 +455,17 @@ def _exact_top_k(
             manifest.metric,
             bucket.sq_norms() if manifest.metric == "l2" else None,
         )
+        if masks is not None:
+            d[:, ~masks[b]] = np.inf
         kk = min(k, bucket.count)
         top = (
             np.argpartition(d, kk - 1, axis=1)[:, :kk]
             if kk < bucket.count
             else np.broadcast_to(np.arange(bucket.count), d.shape)
         )
-        cand_d[qi, slot, :kk] = np.take_along_axis(d, top, axis=1)
-        cand_ref[qi, slot, :kk] = (b << 32) | top
+        chosen = np.take_along_axis(d, top, axis=1)
+        cand_d[qi, slot, :kk] = chosen
+        cand_ref[qi, slot, :kk] = np.where(np.isfinite(chosen), (b << 32) | top, -1)
     flat_d, flat_ref = cand_d.reshape(nq, -1), cand_ref.reshape(nq, -1)
     if any(bucket.keys is not None for bucket in buckets.values()):
         _drop_duplicates(flat_d, flat_ref, buckets)
@@ -405,6 +476,7 @@ def _exact_top_k(
     neighbours = np.zeros((nq, refs.shape[1], manifest.dim), dtype=np.float32)
     label_codes = np.full(refs.shape, -1, dtype=np.int32)
     ids: list[list[int | str | None]] = [[None] * refs.shape[1] for _ in range(nq)]
+    meta: list[list[dict[str, Any] | None]] = [[None] * refs.shape[1] for _ in range(nq)]
     valid = refs >= 0
     bucket_of, row_of = refs >> 32, refs & 0xFFFFFFFF
     for b in np.unique(bucket_of[valid]).tolist():
@@ -414,19 +486,35 @@ def _exact_top_k(
         neighbours[sel] = bucket.vectors[rows]
         if bucket.labels is not None:
             label_codes[sel] = bucket.labels[rows]
-        for (qi, j), ident in zip(np.argwhere(sel).tolist(), bucket.ids.take(rows), strict=True):
+        where = np.argwhere(sel).tolist()
+        for (qi, j), ident in zip(where, bucket.ids.take(rows), strict=True):
             ids[qi][j] = ident
+        if bucket.metadata is not None:
+            for (qi, j), record in zip(where, bucket.metadata.take(rows), strict=True):
+                meta[qi][j] = record
     distances = np.where(valid, metrics.exact(queries, neighbours, manifest.metric), np.inf)
     resort = np.lexsort((np.where(valid, refs, np.iinfo(np.int64).max), distances), axis=-1)
     distances = np.take_along_axis(distances, resort, axis=1)
     label_codes = np.take_along_axis(label_codes, resort, axis=1)
     ids = [[row[j] for j in perm] for row, perm in zip(ids, resort.tolist(), strict=True)]
+    meta = [[row[j] for j in perm] for row, perm in zip(meta, resort.tolist(), strict=True)]
     if refs.shape[1] < k:  # fewer candidates than k in the whole probe set
         pad = k - refs.shape[1]
         distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
         label_codes = np.pad(label_codes, ((0, 0), (0, pad)), constant_values=-1)
         ids = [row + [None] * pad for row in ids]
-    return SearchResult(manifest.version, distances, ids, label_codes, manifest.label_names)
+        meta = [row + [None] * pad for row in meta]
+    return SearchResult(manifest.version, distances, ids, label_codes, manifest.label_names, metadata=meta)
+
+
+def _merge_rows(base: SearchResult, part: SearchResult, rows: np.ndarray) -> SearchResult:
+    """Replace the rows ``rows`` of ``base`` by the rows of ``part`` (a widened re-search)."""
+    base.distances[rows] = part.distances
+    base.label_codes[rows] = part.label_codes
+    for i, row in enumerate(rows.tolist()):
+        base.ids[row] = part.ids[i]
+        base.metadata[row] = part.metadata[i]
+    return base
 
 
 def _drop_duplicates(flat_d: np.ndarray, flat_ref: np.ndarray, buckets: dict[int, Bucket]) -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import events
+import numpy as np
+
+from . import events, versions, writer
 from .builder import build_index
+from .errors import InvalidRequest
 from .searcher import Searcher
-from .sources import read_source
+from .sources import items_to_collection, read_source
 from .storage import ObjectStore
 
 
@@ -43,13 +46,15 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
 
 def query(event: object, searcher: Searcher) -> dict[str, Any]:
     """Validate a query event and run it (``mode`` "search" or "classify")."""
-    request, vectors = events.parse_query(event)
+    request, vectors, filt = events.parse_query(event)
     options = {
         "k": request.k,
         "probes": request.probes,
         "recall_target": request.recall_target,
         "version": request.version,
         "ranking": request.ranking,
+        "filter": filt,
+        "max_probes": request.max_probes,
     }
     if request.mode == "classify":
         classification = searcher.classify(request.collection, vectors, **options)
@@ -64,10 +69,13 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
         "results": [
             [
                 {"id": ident, "distance": float(dist), "label": label}
-                for ident, dist, label in zip(ids, dists, labs, strict=True)
+                | ({"metadata": meta} if request.include_metadata else {})
+                for ident, dist, label, meta in zip(ids, dists, labs, metas, strict=True)
                 if ident is not None
             ]
-            for ids, dists, labs in zip(result.ids, result.distances.tolist(), labels, strict=True)
+            for ids, dists, labs, metas in zip(
+                result.ids, result.distances.tolist(), labels, result.metadata, strict=True
+            )
         ],
         "stats": result.stats.as_dict(),
     }
@@ -77,3 +85,55 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
             for i, label in enumerate(classification.predicted)
         ]
     return response
+
+
+def write(event: object, store: ObjectStore) -> dict[str, Any]:
+    """Validate a write event and apply it; the response names the new (or live) version."""
+    request = events.parse_write(event)
+    collection, op = request.collection, request.operation
+    if op in ("upsert", "delete"):
+        upserts = items_to_collection(request.items, metric="l2", field="items") if op == "upsert" else None
+        deletes = _id_array(request.ids, "ids") if op == "delete" else None
+        result = writer.write(store, collection, upserts=upserts, deletes=deletes)
+        return {"operation": op, **result.as_dict()}
+    if op == "compact":
+        built = writer.compact(store, collection)
+        return {
+            "operation": op,
+            "collection": collection,
+            "version": built.version,
+            "count": built.count,
+            "buckets": built.buckets,
+            "buckets_written": built.buckets_written,
+        }
+    if op == "versions":
+        return {
+            "operation": op,
+            "collection": collection,
+            "versions": [v.as_dict() for v in versions.list_versions(store, collection)],
+        }
+    if op == "describe":
+        return {"operation": op, **versions.describe_version(store, collection, request.version)}
+    if op == "rollback":
+        live = versions.rollback(
+            store, collection, request.version, expected_head_version=request.expected_version
+        )
+        return {"operation": op, "collection": collection, "version": live}
+    report = versions.collect_garbage(
+        store,
+        collection,
+        keep_last=request.keep_last,
+        grace_seconds=request.grace_seconds,
+        dry_run=request.dry_run,
+    )
+    return {"operation": op, "collection": collection, **report.as_dict()}
+
+
+def _id_array(ids: list[Any], field: str) -> np.ndarray:
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        if any(abs(i) >= 2**63 for i in ids):
+            raise InvalidRequest(field, "integer ids must fit in int64")
+        return np.array(ids, dtype=np.int64)
+    if all(isinstance(i, str) for i in ids):
+        return np.array(ids, dtype=str)
+    raise InvalidRequest(field, "must be all strings or all integers, not a mix")

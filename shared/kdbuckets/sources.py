@@ -22,6 +22,7 @@ import numpy as np
 
 from .collection import Collection, make_collection
 from .errors import InvalidRequest, SourceError, StorageError
+from .metadata import validate_metadata
 from .storage import NotFound, S3Uri
 
 #: Largest source object a single build reads (the real limit is the Lambda's memory).
@@ -117,6 +118,7 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
     ids: list[Any] = []
     vectors: list[Any] = []
     labels: list[Any] = []
+    metadata: list[dict | None] = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
@@ -129,6 +131,7 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
         ids.append(item.get("id", i))
         vectors.append(item["vector"])
         labels.append(item.get("label"))
+        metadata.append(validate_metadata(item.get("metadata"), f"{where}.metadata"))
     if not vectors:
         raise InvalidRequest(field, "is empty; a collection needs at least one vector")
     matrix = vector_matrix(vectors, field=field, suffix=".vector")
@@ -145,7 +148,12 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
             raise InvalidRequest(f"{field}[{bad[0]}].label", "must be a string or an integer")
         label_array = np.array([str(lab) for lab in labels])
     return make_collection(
-        matrix, id_array, label_array, metric=metric, fields=(field, f"{field}[].id", f"{field}[].label")
+        matrix,
+        id_array,
+        label_array,
+        metric=metric,
+        fields=(field, f"{field}[].id", f"{field}[].label"),
+        metadata=metadata,
     )
 
 

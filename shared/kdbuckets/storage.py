@@ -9,21 +9,33 @@ on HEAD) give the publish protocol its compare-and-swap.
 
 from __future__ import annotations
 
+import random
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from urllib3.exceptions import ProtocolError
 
 from .errors import InvalidRequest, StorageError
 
 #: Only botocore's own failures are translated; anything else is a bug and must reach the
 #: handler's InternalError path rather than be reworded into a StorageError.
 _BOTO_ERRORS = (ClientError, BotoCoreError)
+#: Failures while a response body streams in; the GET is repeated.
+_STREAM_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ProtocolError)
+BODY_ATTEMPTS = 4
 
 DEFAULT_CONCURRENCY = 32
 
@@ -145,12 +157,25 @@ class ObjectStore:
         return self.get_from(self.bucket, self.prefix + key)
 
     def get_from(self, bucket: str, key: str) -> tuple[bytes, str]:
-        """Body and ETag of any object (sources may live in another bucket)."""
-        try:
-            resp = self.client.get_object(Bucket=bucket, Key=key)
-            return resp["Body"].read(), resp["ETag"]
-        except _BOTO_ERRORS as exc:
-            raise _translate(exc, bucket, key) from exc
+        """Body and ETag of any object (sources may live in another bucket).
+
+        botocore retries a request that fails before its body arrives; a body cut off while
+        streaming (connection reset, short read) is retried here, with backoff, as a new GET.
+        """
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            try:
+                resp = self.client.get_object(Bucket=bucket, Key=key)
+                return resp["Body"].read(), resp["ETag"]
+            except _STREAM_ERRORS as exc:
+                if attempt == BODY_ATTEMPTS:
+                    where = f"s3://{bucket}/{key}"
+                    raise StorageError(
+                        f"{where} could not be read completely after {attempt} attempts ({type(exc).__name__})"
+                    ) from exc
+                time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+            except _BOTO_ERRORS as exc:
+                raise _translate(exc, bucket, key) from exc
+        raise AssertionError("unreachable")
 
     def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
         """Conditional GET: None when the object still has ``etag`` (HTTP 304)."""

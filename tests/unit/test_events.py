@@ -26,7 +26,7 @@ def refused(parse: Any, event: object, field: str) -> InvalidRequest:
 
 
 def test_minimal_query_gets_the_defaults() -> None:
-    request, vectors = parse_query(QUERY)
+    request, vectors, _ = parse_query(QUERY)
     assert (
         request.k,
         request.probes,
@@ -55,7 +55,7 @@ def test_full_query_is_accepted() -> None:
         "version": "20240501T120000123456Z-0a1b2c3d",
         "ranking": "bbf",
     }
-    request, _ = parse_query(event)
+    request, _, _ = parse_query(event)
     assert request.k == 1000
     assert request.probes == 4096
     assert request.ranking == "bbf"

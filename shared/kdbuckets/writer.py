@@ -1,0 +1,516 @@
+"""Upserts and deletes by id without a rebuild: copy-on-write of the touched buckets only.
+
+One write = read HEAD and its manifest → look the ids up in the id directory (only the shards
+they hash to) → route new vectors to their buckets → rewrite just those buckets and shards
+under new fingerprints → publish a new manifest by compare-and-swap on HEAD. A write of m
+vectors touches O(m) buckets and shards, never the whole collection.
+
+Concurrency: the CAS makes a write atomic. When another writer published first, the whole
+write is redone on the new state (with jittered backoff), so no acknowledged write is lost:
+a write returns only after HEAD names a manifest that contains it.
+
+Routing: an index whose buckets are exactly the tree's leaves (``refine`` 0, no replication)
+routes a new vector down the tree; a refined index routes it to the nearest bucket centroid,
+the rule its buckets were refined by. A bucket that grows past ``split_factor × bucket_size``
+is split locally by an average split along its principal direction (the leaf becomes a tree
+node with two leaves); ``compact`` rebuilds the collection to restore balance.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from . import layout, metrics
+from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
+from .builder import BuildParams, BuildResult, build_index, new_version, publish
+from .codec import fingerprint
+from .collection import Collection
+from .directory import Shard, decode_shard, encode_shard, shard_of
+from .errors import CollectionNotFound, Conflict, CorruptObject, InvalidRequest
+from .manifest import BucketTable, Manifest, decode_head, decode_manifest
+from .metadata import MetadataColumns
+from .ranking import bucket_scores
+from .storage import NotFound, ObjectStore
+from .tree import Tree
+
+MAX_ATTEMPTS = 8
+SPLIT_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    collection: str
+    version: str
+    upserted: int
+    deleted: int
+    not_found: int
+    buckets_written: int
+    buckets_split: int
+    attempts: int
+    count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Snapshot:
+    """HEAD's ETag and the manifest it names, read at the start of an attempt."""
+
+    etag: str
+    manifest: Manifest
+
+
+@dataclass
+class _Edit:
+    """Pending changes to one bucket."""
+
+    remove: list[np.ndarray] = field(default_factory=list)  # keys to drop
+    add: list[np.ndarray] = field(default_factory=list)  # row numbers of the upsert batch
+
+
+def write(
+    store: ObjectStore,
+    collection: str,
+    *,
+    upserts: Collection | None = None,
+    deletes: np.ndarray | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> WriteResult:
+    """Apply upserts (replace-or-insert by id) and deletes (by id) as one new version."""
+    layout.check_collection(collection)
+    if upserts is None and deletes is None:
+        raise InvalidRequest("operation", "needs items to upsert or ids to delete")
+    for attempt in range(1, max_attempts + 1):
+        snapshot = read_snapshot(store, collection)
+        try:
+            return _attempt(store, snapshot, upserts, deletes, attempt)
+        except Conflict:
+            if attempt == max_attempts:
+                raise Conflict(
+                    f"collection {collection!r} kept changing under this write; gave up after "
+                    f"{max_attempts} attempts and published nothing — retry the write"
+                ) from None
+            time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+    raise AssertionError("unreachable")
+
+
+def read_snapshot(store: ObjectStore, collection: str) -> _Snapshot:
+    """The live manifest, read fresh (writers never trust a cache) and verified against HEAD."""
+    hkey = layout.head_key(collection)
+    try:
+        body, etag = store.get(hkey)
+    except NotFound:
+        raise CollectionNotFound(collection) from None
+    head = decode_head(body, key=hkey)
+    try:
+        mbody, _ = store.get(head.manifest_key)
+    except NotFound:
+        raise CorruptObject(head.manifest_key, "HEAD names a manifest that does not exist") from None
+    if fingerprint(mbody) != head.sha256:
+        raise CorruptObject(head.manifest_key, "SHA-256 differs from the one HEAD names")
+    return _Snapshot(etag, decode_manifest(mbody, key=head.manifest_key))
+
+
+def _attempt(
+    store: ObjectStore, snap: _Snapshot, upserts: Collection | None, deletes: np.ndarray | None, attempt: int
+) -> WriteResult:
+    m = snap.manifest
+    if not m.id_shards:
+        raise InvalidRequest("collection", f"{m.collection!r} was built without an id directory; rebuild it")
+    vectors, up_keys, label_names, up_codes = _prepare_upserts(m, upserts)
+    del_keys = np.zeros(0, np.int64) if deletes is None else _keys_for(m, deletes, "ids")
+    n_shards = len(m.id_shards)
+    shards = _load_shards(store, m, np.unique(shard_of(np.concatenate([up_keys, del_keys]), n_shards)))
+
+    edits: dict[int, _Edit] = {}
+    existing_up = _locate(shards, up_keys, n_shards)
+    existing_del = _locate(shards, del_keys, n_shards)
+    for keys, (found, primary, secondary) in ((up_keys, existing_up), (del_keys, existing_del)):
+        for slot in (primary, secondary):
+            for b in np.unique(slot[found & (slot >= 0)]).tolist():
+                edits.setdefault(b, _Edit()).remove.append(keys[found & (slot == b)])
+    targets = _route(m, vectors) if len(vectors) else np.zeros(0, np.int64)
+    for b in np.unique(targets).tolist():
+        edits.setdefault(b, _Edit()).add.append(np.flatnonzero(targets == b))
+
+    buckets = _load_buckets(store, m, sorted(edits))
+    tree = _MutableTree(m.tree)
+    centroids = m.buckets.centroids.copy()
+    new_buckets: dict[int, tuple[bytes, np.ndarray, int]] = {}  # bucket → (body, keys, rows)
+    moved: list[tuple[np.ndarray, int, int]] = []  # (keys, from bucket, to bucket)
+    split_limit = SPLIT_FACTOR * int(m.params.get("bucket_size", 1000))
+    next_bucket = m.n_buckets
+    for b, edit in sorted(edits.items()):
+        rows = _apply_edit(m, buckets[b], edit, vectors, upserts, up_keys, up_codes)
+        parts = [(b, rows)]
+        if rows.count > split_limit:
+            halves = _split(rows, tree, b, next_bucket)
+            if halves is not None:
+                parts = [(b, halves[0]), (next_bucket, halves[1])]
+                moved.append((halves[1].keys, b, next_bucket))
+                next_bucket += 1
+        for index, part in parts:
+            body = _encode(m, part)
+            new_buckets[index] = (body, part.keys, part.count)
+            if index >= len(centroids):
+                centroids = np.vstack([centroids, np.zeros((1, m.dim), np.float32)])
+            if part.count:
+                centroids[index] = part.vectors.mean(axis=0)
+
+    # Directory: deleted keys go, upserted keys point at their new bucket, split-off rows move.
+    moved_keys = np.concatenate([k for k, _, _ in moved]) if moved else np.zeros(0, np.int64)
+    extra_shards = np.setdiff1d(np.unique(shard_of(moved_keys, n_shards)), list(shards))
+    shards.update(_load_shards(store, m, extra_shards))
+    changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, moved)
+
+    fingerprints = list(m.buckets.fingerprints) + [""] * (next_bucket - m.n_buckets)
+    sizes = np.concatenate([m.buckets.sizes, np.zeros(next_bucket - m.n_buckets, np.int64)])
+    counts = np.concatenate([m.buckets.rows, np.zeros(next_bucket - m.n_buckets, np.int64)])
+    radii = np.concatenate([m.buckets.radii, np.zeros(next_bucket - m.n_buckets, np.float32)])
+    uploads: list[tuple[str, bytes]] = []
+    for index, (body, _, count) in new_buckets.items():
+        fp = fingerprint(body)
+        fingerprints[index], sizes[index], counts[index] = fp, len(body), count
+        uploads.append((layout.bucket_key(m.collection, fp), body))
+    id_shards = list(m.id_shards)
+    for s in changed:
+        body = encode_shard(shards[s])
+        id_shards[s] = fingerprint(body)
+        uploads.append((layout.id_shard_key(m.collection, id_shards[s]), body))
+    created = store.put_many(uploads)
+
+    deleted = int(existing_del[0].sum())
+    inserted = int((~existing_up[0]).sum())
+    manifest = Manifest(
+        collection=m.collection,
+        version=new_version(),
+        parent=m.version,
+        created_at=_now(),
+        dim=m.dim,
+        metric=m.metric,
+        dtype=m.dtype,
+        count=m.count - deleted + inserted,
+        id_kind=m.id_kind,
+        label_names=label_names,
+        params=m.params,
+        tree=tree.freeze(),
+        buckets=BucketTable(fingerprints, sizes, counts, centroids, radii),
+        extra={**m.extra, "writes_since_build": int(m.extra.get("writes_since_build", 0)) + 1},
+        id_shards=id_shards,
+    )
+    publish(store, manifest, snap.etag)
+    return WriteResult(
+        collection=m.collection,
+        version=manifest.version,
+        upserted=len(up_keys),
+        deleted=deleted,
+        not_found=int((~existing_del[0]).sum()),
+        buckets_written=sum(created[: len(new_buckets)]),
+        buckets_split=len(moved),
+        attempts=attempt,
+        count=manifest.count,
+    )
+
+
+# -- preparing the request ----------------------------------------------------------------
+def _prepare_upserts(
+    m: Manifest, upserts: Collection | None
+) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]:
+    """Prepared vectors, keys, the (extended) label vocabulary and label codes in it."""
+    names = None if m.label_names is None else list(m.label_names)
+    if upserts is None:
+        return np.zeros((0, m.dim), np.float32), np.zeros(0, np.int64), names, None
+    if upserts.dim != m.dim:
+        raise InvalidRequest(
+            "items[0].vector", f"has {upserts.dim} dimensions; collection {m.collection!r} has {m.dim}"
+        )
+    keys = _keys_for(m, upserts.ids, "items[].id")
+    if m.metric == "cosine":
+        zero = ~np.any(upserts.vectors != 0, axis=1)
+        if zero.any():
+            raise InvalidRequest(
+                f"items[{int(np.argmax(zero))}].vector", "is all zeros; cosine needs a nonzero vector"
+            )
+    codes = None
+    if upserts.label_codes is not None:
+        names = names or []
+        lookup = {name: i for i, name in enumerate(names)}
+        for name in upserts.label_names or []:
+            if name not in lookup:
+                lookup[name] = len(names)
+                names.append(name)
+        table = np.array([lookup[n] for n in upserts.label_names or []], dtype=np.int32)
+        codes = table[upserts.label_codes]
+    return metrics.prepare(upserts.vectors, m.metric), keys, names, codes
+
+
+def _keys_for(m: Manifest, ids: np.ndarray, field_name: str) -> np.ndarray:
+    kind = "int" if ids.dtype.kind in "iu" else "str"
+    if len(ids) and kind != m.id_kind:
+        raise InvalidRequest(
+            field_name,
+            f"must be {'integers' if m.id_kind == 'int' else 'strings'} like the ids of {m.collection!r}",
+        )
+    return dedup_keys(ids)
+
+
+# -- id directory ---------------------------------------------------------------------------
+def _load_shards(store: ObjectStore, m: Manifest, which: np.ndarray) -> dict[int, Shard]:
+    which = [int(s) for s in which]
+    keys = [layout.id_shard_key(m.collection, m.id_shards[s]) for s in which]
+    try:
+        bodies = store.get_many(keys)
+    except NotFound as exc:
+        raise CorruptObject(str(exc), "id-directory shard named by the manifest is missing") from None
+    return {
+        s: decode_shard(body, key=key, expected_fingerprint=m.id_shards[s], n_buckets=m.n_buckets)
+        for s, key, body in zip(which, keys, bodies, strict=True)
+    }
+
+
+def _locate(
+    shards: dict[int, Shard], keys: np.ndarray, n_shards: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    found = np.zeros(len(keys), bool)
+    primary = np.full(len(keys), -1, np.int64)
+    secondary = np.full(len(keys), -1, np.int64)
+    which = shard_of(keys, n_shards)
+    for s in np.unique(which).tolist():
+        sel = which == s
+        f, p, q = shards[s].lookup(keys[sel])
+        found[sel], primary[sel], secondary[sel] = f, p, q
+    return found, primary, secondary
+
+
+def _update_directory(
+    shards: dict[int, Shard],
+    n_shards: int,
+    del_keys: np.ndarray,
+    up_keys: np.ndarray,
+    targets: np.ndarray,
+    moved: list[tuple[np.ndarray, int, int]],
+) -> list[int]:
+    """Apply the write to the loaded shards in place; returns the shard numbers that changed."""
+    changed: set[int] = set()
+    del_shard, up_shard = shard_of(del_keys, n_shards), shard_of(up_keys, n_shards)
+    for s in set(del_shard.tolist()) | set(up_shard.tolist()):
+        up = up_shard == s
+        shards[s] = shards[s].updated(
+            del_keys[del_shard == s], up_keys[up], targets[up], np.full(int(up.sum()), -1)
+        )
+        changed.add(s)
+    for keys, src, dst in moved:
+        which = shard_of(keys, n_shards)
+        for s in np.unique(which).tolist():
+            k = keys[which == s]
+            found, primary, secondary = shards[s].lookup(k)
+            k, primary, secondary = k[found], primary[found], secondary[found]
+            primary = np.where(primary == src, dst, primary)
+            secondary = np.where(secondary == src, dst, secondary)
+            shards[s] = shards[s].updated(np.zeros(0, np.int64), k, primary, secondary)
+            changed.add(s)
+    return sorted(changed)
+
+
+# -- buckets --------------------------------------------------------------------------------
+@dataclass
+class _Rows:
+    """The full content of one bucket being rewritten."""
+
+    vectors: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray | None
+    keys: np.ndarray
+    metadata: MetadataColumns | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+    def take(self, rows: np.ndarray) -> _Rows:
+        return _Rows(
+            self.vectors[rows],
+            self.ids[rows],
+            None if self.labels is None else self.labels[rows],
+            self.keys[rows],
+            None if self.metadata is None else self.metadata.select(rows),
+        )
+
+
+def _load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int, Bucket]:
+    keys = [layout.bucket_key(m.collection, m.buckets.fingerprints[b]) for b in which]
+    try:
+        bodies = store.get_many(keys)
+    except NotFound as exc:
+        raise CorruptObject(str(exc), "bucket named by the manifest is missing") from None
+    return {
+        b: decode_bucket(body, key=key, expected_fingerprint=m.buckets.fingerprints[b])
+        for b, key, body in zip(which, keys, bodies, strict=True)
+    }
+
+
+def _apply_edit(
+    m: Manifest,
+    bucket: Bucket,
+    edit: _Edit,
+    vectors: np.ndarray,
+    upserts: Collection | None,
+    up_keys: np.ndarray,
+    up_codes: np.ndarray | None,
+) -> _Rows:
+    ids = bucket.ids.to_numpy()
+    keys = bucket.keys if bucket.keys is not None else dedup_keys(ids)
+    remove = np.concatenate(edit.remove) if edit.remove else np.zeros(0, np.int64)
+    keep = ~np.isin(keys, remove)
+    add = np.concatenate(edit.add) if edit.add else np.zeros(0, np.int64)
+    labels = None
+    if m.label_names is not None or up_codes is not None:
+        old = bucket.labels if bucket.labels is not None else np.full(bucket.count, -1, np.int32)
+        new = up_codes[add] if up_codes is not None else np.full(len(add), -1, np.int32)
+        labels = np.concatenate([old[keep], new]).astype(np.int32)
+    new_ids = upserts.ids[add] if upserts is not None else ids[:0]
+    metadata = None
+    new_meta = (
+        None if upserts is None or upserts.metadata is None else [upserts.metadata[i] for i in add.tolist()]
+    )
+    if bucket.metadata is not None or new_meta:
+        old = bucket.metadata.select(np.flatnonzero(keep)) if bucket.metadata is not None else None
+        parts = [old if old is not None else MetadataColumns.from_records([None] * int(keep.sum()))]
+        parts.append(MetadataColumns.from_records(new_meta or [None] * len(add)))
+        metadata = MetadataColumns.concat(parts)
+    return _Rows(
+        vectors=np.concatenate([bucket.vectors[keep], vectors[add]]).astype(np.float32),
+        ids=np.concatenate([ids[keep], new_ids]) if len(add) else ids[keep],
+        labels=labels,
+        keys=np.concatenate([keys[keep], up_keys[add]]),
+        metadata=metadata,
+    )
+
+
+def _encode(m: Manifest, rows: _Rows) -> bytes:
+    replicated = float(m.params.get("replicate", 0.0)) > 0
+    return encode_bucket(
+        rows.vectors,
+        IdColumn.from_values(rows.ids),
+        rows.labels,
+        dtype=m.dtype,
+        keys=rows.keys if replicated else None,
+        metadata=rows.metadata,
+    )
+
+
+def _route(m: Manifest, vectors: np.ndarray) -> np.ndarray:
+    """Bucket of each new vector: down the tree, or to the nearest centroid if refined."""
+    if int(m.params.get("refine", 0)) == 0 and float(m.params.get("replicate", 0.0)) == 0.0:
+        return m.tree.leaf_of(vectors)
+    scores = bucket_scores(vectors, m.buckets.centroids, m.tree, m.metric, "centroid")
+    return np.argmin(scores, axis=1).astype(np.int64)
+
+
+def _split(rows: _Rows, tree: _MutableTree, bucket: int, new_bucket: int) -> tuple[_Rows, _Rows] | None:
+    """Average split along the bucket's principal direction; the leaf becomes a node."""
+    x = rows.vectors.astype(np.float64)
+    centred = x - x.mean(axis=0)
+    direction = np.random.default_rng(bucket).normal(size=x.shape[1])
+    for _ in range(20):  # power iteration: the top principal direction
+        direction = centred.T @ (centred @ direction)
+        norm = np.linalg.norm(direction)
+        if norm == 0:
+            return None
+        direction /= norm
+    proj = x @ direction
+    threshold = float(proj.mean())
+    right = proj >= threshold
+    if right.all() or not right.any():
+        return None
+    tree.split_leaf(bucket, new_bucket, direction.astype(np.float32), threshold)
+    return rows.take(np.flatnonzero(~right)), rows.take(np.flatnonzero(right))
+
+
+class _MutableTree:
+    """A copy of the manifest's tree that can turn leaves into nodes (append-only)."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.planes = [tree.planes]
+        self.node_plane = tree.node_plane.tolist()
+        self.threshold = tree.threshold.tolist()
+        self.left = tree.left.tolist()
+        self.right = tree.right.tolist()
+        self.node_leaf = tree.node_leaf.tolist()
+        self.n_planes = len(tree.planes)
+
+    def split_leaf(self, leaf: int, new_leaf: int, plane: np.ndarray, threshold: float) -> None:
+        node = self.node_leaf.index(leaf)
+        lo, hi = len(self.node_plane), len(self.node_plane) + 1
+        self.node_plane[node], self.threshold[node] = self.n_planes, threshold
+        self.left[node], self.right[node], self.node_leaf[node] = lo, hi, -1
+        self.node_plane += [-1, -1]
+        self.threshold += [0.0, 0.0]
+        self.left += [-1, -1]
+        self.right += [-1, -1]
+        self.node_leaf += [leaf, new_leaf]
+        self.planes.append(plane[None, :])
+        self.n_planes += 1
+
+    def freeze(self) -> Tree:
+        return Tree(
+            planes=np.concatenate(self.planes).astype(np.float32),
+            node_plane=np.array(self.node_plane, np.int32),
+            threshold=np.array(self.threshold, np.float32),
+            left=np.array(self.left, np.int32),
+            right=np.array(self.right, np.int32),
+            node_leaf=np.array(self.node_leaf, np.int32),
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def compact(store: ObjectStore, collection: str) -> BuildResult:
+    """Rebuild the live contents with the collection's own build parameters (restores balance).
+
+    Reads every bucket once, keeps one copy of each vector, and publishes the rebuilt index by
+    compare-and-swap against the HEAD it read — a write that lands meanwhile makes this fail
+    with :class:`Conflict` rather than be silently undone.
+    """
+    snap = read_snapshot(store, collection)
+    m = snap.manifest
+    buckets = _load_buckets(store, m, [b for b in range(m.n_buckets) if m.buckets.rows[b] > 0])
+    parts = [buckets[b] for b in sorted(buckets)]
+    if not parts:
+        raise InvalidRequest("collection", f"{collection!r} is empty; nothing to compact")
+    vectors = np.concatenate([p.vectors for p in parts])
+    ids = np.concatenate([p.ids.to_numpy() for p in parts])
+    keys = np.concatenate([p.keys if p.keys is not None else dedup_keys(p.ids.to_numpy()) for p in parts])
+    _, first = np.unique(keys, return_index=True)
+    first.sort()
+    labels = None
+    if m.label_names is not None:
+        labels = np.concatenate(
+            [p.labels if p.labels is not None else np.full(p.count, -1, np.int32) for p in parts]
+        )[first]
+    metadata = None
+    if any(p.metadata is not None for p in parts):
+        records = [
+            r
+            for p in parts
+            for r in (p.metadata.take(np.arange(p.count)) if p.metadata else [None] * p.count)
+        ]
+        metadata = [records[i] for i in first.tolist()]
+    data = Collection(
+        vectors=vectors[first],
+        ids=ids[first],
+        label_codes=labels,
+        label_names=m.label_names,
+        metadata=metadata,
+    )
+    params = BuildParams(**m.params)
+    return build_index(store, collection, data, params, expected_head=(snap.etag, m.version))
