@@ -170,7 +170,7 @@ class ObjectStore:
                 if attempt == BODY_ATTEMPTS:
                     where = f"s3://{bucket}/{key}"
                     raise StorageError(
-                        f"{where} could not be read completely after {attempt} attempts ({type(exc).__name__})"
+                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})"
                     ) from exc
                 time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
             except _BOTO_ERRORS as exc:

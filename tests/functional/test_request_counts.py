@@ -21,7 +21,9 @@ import pytest
 from devtools import local
 from kdbuckets import ObjectStore, Searcher, storage
 
-_KEY = re.compile(r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|buckets|ids)(?:/(?P<name>[^/]+))?$")
+_KEY = re.compile(
+    r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|buckets|ids)(?:/(?P<name>[^/]+))?$"
+)
 PROBES = 3
 
 
