@@ -17,6 +17,7 @@ from .errors import (
 )
 from .searcher import Classification, QueryStats, Searcher, SearchResult
 from .storage import ObjectStore
+from .versions import GcReport, VersionInfo, collect_garbage, describe_version, list_versions, rollback
 
 __all__ = [
     "BuildParams",
@@ -26,6 +27,7 @@ __all__ = [
     "CollectionNotFound",
     "Conflict",
     "CorruptObject",
+    "GcReport",
     "InvalidRequest",
     "KdBucketsError",
     "ObjectStore",
@@ -34,8 +36,13 @@ __all__ = [
     "Searcher",
     "SourceError",
     "StorageError",
+    "VersionInfo",
     "build_index",
+    "collect_garbage",
+    "describe_version",
+    "list_versions",
     "make_collection",
+    "rollback",
 ]
 
 __version__ = "0.1.0"

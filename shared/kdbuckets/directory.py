@@ -61,15 +61,13 @@ class Shard:
         )
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(found mask, primary, secondary) for each of ``keys``."""
-        pos = np.searchsorted(self.keys, keys)
-        pos_ok = np.minimum(pos, max(len(self.keys) - 1, 0))
-        found = (
-            (pos < len(self.keys)) & (self.keys[pos_ok] == keys)
-            if len(self.keys)
-            else np.zeros(len(keys), bool)
-        )
-        return found, np.where(found, self.primary[pos_ok], -1), np.where(found, self.secondary[pos_ok], -1)
+        """(found mask, primary, secondary) for each of ``keys``; -1 where not found."""
+        if len(self.keys) == 0:
+            missing = np.full(len(keys), -1, dtype=np.int64)
+            return np.zeros(len(keys), dtype=bool), missing, missing.copy()
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[pos] == keys
+        return found, np.where(found, self.primary[pos], -1), np.where(found, self.secondary[pos], -1)
 
     def updated(
         self, remove: np.ndarray, keys: np.ndarray, primary: np.ndarray, secondary: np.ndarray

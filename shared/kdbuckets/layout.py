@@ -41,3 +41,7 @@ def bucket_key(collection: str, fingerprint: str) -> str:
 
 def id_shard_key(collection: str, fingerprint: str) -> str:
     return f"{check_collection(collection)}/ids/{fingerprint}"
+
+
+def rollback_key(collection: str, stamp: str) -> str:
+    return f"{check_collection(collection)}/rollbacks/{stamp}"

@@ -20,7 +20,7 @@ from .bucket import Bucket, decode_bucket
 from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
 from .codec import fingerprint
-from .errors import CollectionNotFound, CorruptObject, InvalidRequest
+from .errors import CollectionNotFound, CorruptObject, InvalidRequest, KdBucketsError
 from .filters import Filter
 from .manifest import Head, Manifest, decode_head, decode_manifest
 from .ranking import RANKINGS, bucket_scores, top_buckets
@@ -248,14 +248,19 @@ class Searcher:
             if stale and cached is not None:
                 head_stats = QueryStats()
                 pending = self.store.submit(self._head, collection, head_stats)
+                failure: KdBucketsError | None = None
                 try:
                     result = work(cached)
+                except CorruptObject as exc:  # e.g. an old version's buckets already collected
+                    failure = exc
                 finally:
                     head = pending.result()
                     stats.s3_gets += head_stats.s3_gets
                 if head.version == cached.version:
+                    if failure is not None:
+                        raise failure
                     return result
-                _reset_counts(stats)
+                _reset_counts(stats)  # HEAD moved on: redo on the new version
         return work(self.manifest(collection, version, stats))
 
     def _search(

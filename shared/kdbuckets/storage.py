@@ -203,12 +203,31 @@ class ObjectStore:
             raise _translate(exc, self.bucket, self.prefix + key) from exc
 
     def put_immutable(self, key: str, body: bytes) -> bool:
-        """Write a content-addressed object once; False if it already existed (same bytes)."""
+        """Write a content-addressed object once; False if it already existed (same bytes).
+
+        An existing object may belong only to versions that garbage collection is about to
+        drop; copying it onto itself refreshes its LastModified, so the collector's grace
+        period protects it until the manifest that reuses it is published.
+        """
         try:
             self.put(key, body, if_absent=True)
             return True
         except PreconditionFailed:
+            self.touch(key)
             return False
+
+    def touch(self, key: str) -> None:
+        """Refresh an object's LastModified by copying it onto itself (no bytes re-uploaded)."""
+        full = self.prefix + key
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=full,
+                CopySource={"Bucket": self.bucket, "Key": full},
+                MetadataDirective="REPLACE",
+            )
+        except _BOTO_ERRORS as exc:
+            raise _translate(exc, self.bucket, full) from exc
 
     # -- listing and deletion (versions and garbage collection) ---------------------------------
     def list_objects(self, prefix: str) -> list[ObjectInfo]:

@@ -1,0 +1,162 @@
+"""Query-path features for quality and latency: recall targets, replicated buckets, caches, rounds.
+
+- ``recall_target`` picks probes from the manifest's calibration curve and reports them;
+- vectors stored in two buckets come back once;
+- a warm query issues exactly one round of GETs, even when HEAD is due for revalidation;
+- the /tmp tier serves buckets through read-only memory maps and survives a new Searcher.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kdbuckets import metrics, storage
+from kdbuckets.builder import BuildParams, build_index
+from kdbuckets.calibration import probes_for
+from kdbuckets.collection import make_collection
+from kdbuckets.errors import InvalidRequest
+from kdbuckets.searcher import Searcher
+from kdbuckets.storage import ObjectStore
+
+HELD_OUT = 200
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, d)) * 3.0
+    return (centres[rng.integers(0, 30, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def index(module_s3_store: ObjectStore) -> tuple[ObjectStore, np.ndarray]:
+    vectors = clustered(4000 + HELD_OUT, 12, seed=3)[:4000]
+    data = make_collection(vectors, None, None, metric="l2")
+    build_index(module_s3_store, "lat", data, BuildParams(metric="l2", bucket_size=100, replicate=0.5))
+    return module_s3_store, vectors
+
+
+def brute(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    d = ((queries[:, None, :] - vectors[None]) ** 2).sum(axis=2)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def test_recall_target_uses_the_calibrated_probes_and_reports_them(index: Any) -> None:
+    store, vectors = index
+    searcher = Searcher(store)
+    manifest = searcher.manifest("lat")
+    expected = probes_for(manifest.extra["calibration"], 0.9, manifest.n_buckets)
+    result = searcher.search("lat", vectors[:5] + 0.01, k=10, recall_target=0.9)
+    assert result.stats.probes == expected
+    assert result.stats.recall_target == 0.9
+
+
+def test_default_query_aims_at_recall_095_and_reaches_it_on_held_out_points(index: Any) -> None:
+    store, vectors = index
+    queries = clustered(4000 + HELD_OUT, 12, seed=3)[4000:]  # same distribution, not indexed
+    result = Searcher(store).search("lat", queries, k=10)
+    truth = brute(metrics.prepare(vectors, "l2"), queries, 10)
+    found = np.array(result.ids)
+    recall = float(
+        np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist(), strict=True)])
+    )
+    assert result.stats.recall_target == 0.95
+    assert recall >= 0.9  # calibrated on the collection itself; held-out queries land close to it
+
+
+def test_probes_and_recall_target_together_are_refused(index: Any) -> None:
+    store, vectors = index
+    with pytest.raises(InvalidRequest, match="probes"):
+        Searcher(store).search("lat", vectors[:1], probes=3, recall_target=0.9)
+
+
+def test_replicated_vectors_are_returned_once_and_exact_search_equals_brute_force(index: Any) -> None:
+    store, vectors = index
+    searcher = Searcher(store)
+    assert searcher.manifest("lat").buckets.rows.sum() == 6000  # half the vectors are stored twice
+    queries = clustered(4000 + HELD_OUT, 12, seed=3)[4000:4020]
+    result = searcher.search("lat", queries, k=25, probes=10_000)
+    for row in result.ids:
+        assert len(row) == len(set(row))
+    assert np.array_equal(np.array(result.ids), brute(vectors, queries, 25))
+
+
+def count_gets(store: ObjectStore) -> tuple[list[tuple[float, float]], Any]:
+    """Record the [start, end) interval of every GET the shared client sends."""
+    spans: list[tuple[float, float]] = []
+    local = threading.local()
+    lock = threading.Lock()
+
+    def before(request: Any, **_: Any) -> None:
+        local.start = time.perf_counter()
+        time.sleep(0.02)  # a first-byte latency, so overlapping requests visibly overlap
+
+    def after(**_: Any) -> None:
+        with lock:
+            spans.append((local.start, time.perf_counter()))
+
+    store.client.meta.events.register("before-send.s3.GetObject", before)
+    store.client.meta.events.register("after-call.s3.GetObject", after)
+    store.client.meta.events.register("after-call-error.s3.GetObject", after)
+    return spans, (before, after)
+
+
+def rounds(spans: list[tuple[float, float]]) -> int:
+    count, end = 0, float("-inf")
+    for start, stop in sorted(spans):
+        if start >= end:
+            count += 1
+            end = stop
+        else:
+            end = max(end, stop)
+    return count
+
+
+def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(index: Any) -> None:
+    store, vectors = index
+    searcher = Searcher(store, head_ttl=0.0)  # revalidate HEAD on every query
+    searcher.search("lat", vectors[:1], k=5, probes=3)  # cold: HEAD, manifest, buckets
+    searcher.buckets.clear()  # a big collection: this query's buckets are not cached
+    spans, _ = count_gets(store)
+    try:
+        result = searcher.search("lat", vectors[100:101], k=5, probes=3)
+    finally:
+        storage.reset_clients()
+    assert result.stats.buckets_fetched == 3
+    assert len(spans) == 4  # 3 buckets + the conditional GET of HEAD
+    assert rounds(spans) == 1
+
+
+def test_a_cold_query_needs_at_most_three_rounds(index: Any) -> None:
+    store, vectors = index
+    spans, _ = count_gets(store)
+    try:
+        Searcher(store).search("lat", vectors[:1], k=5, probes=3)
+    finally:
+        storage.reset_clients()
+    assert rounds(spans) == 3  # HEAD → manifest → buckets
+
+
+def test_the_disk_tier_serves_buckets_through_read_only_maps(index: Any, tmp_path: Any) -> None:
+    store, vectors = index
+    first = Searcher(store, disk_dir=str(tmp_path))
+    expected = first.search("lat", vectors[:3], k=5, probes=4)
+    second = Searcher(store, disk_dir=str(tmp_path))  # a new process would see the same files
+    result = second.search("lat", vectors[:3], k=5, probes=4)
+    assert result.stats.buckets_fetched == 0
+    assert result.ids == expected.ids
+    np.testing.assert_array_equal(result.distances, expected.distances)
+    bucket = next(iter(second.buckets._items.values()))[0]
+    assert not bucket.vectors.flags.writeable  # a shared, read-only mapping
+
+
+def test_the_disk_tier_stays_within_its_byte_budget(index: Any, tmp_path: Any) -> None:
+    store, vectors = index
+    searcher = Searcher(store, disk_dir=str(tmp_path), disk_bytes=200_000)
+    searcher.search("lat", vectors[:50], k=5, probes=8)
+    used = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert 0 < used <= 200_000
