@@ -15,14 +15,49 @@ from devtools.local import COLLECTION, REPO, SOURCE_BUCKET, SOURCE_PREFIX, load_
 SRC = f"s3://{SOURCE_BUCKET}/{SOURCE_PREFIX}"
 
 TINY_ITEMS = [
-    {"id": "sport-1", "vector": [0.9, 0.1, 0.0, 0.0], "label": "sports"},
-    {"id": "sport-2", "vector": [0.8, 0.2, 0.1, 0.0], "label": "sports"},
-    {"id": "sport-3", "vector": [0.95, 0.0, 0.05, 0.1], "label": "sports"},
-    {"id": "food-1", "vector": [0.0, 0.1, 0.9, 0.1], "label": "food"},
-    {"id": "food-2", "vector": [0.1, 0.0, 0.8, 0.2], "label": "food"},
+    {
+        "id": "sport-1",
+        "vector": [0.9, 0.1, 0.0, 0.0],
+        "label": "sports",
+        "metadata": {"year": 2019, "lang": "en"},
+    },
+    {
+        "id": "sport-2",
+        "vector": [0.8, 0.2, 0.1, 0.0],
+        "label": "sports",
+        "metadata": {"year": 2023, "lang": "fr"},
+    },
+    {
+        "id": "sport-3",
+        "vector": [0.95, 0.0, 0.05, 0.1],
+        "label": "sports",
+        "metadata": {"year": 2024, "lang": "en"},
+    },
+    {
+        "id": "food-1",
+        "vector": [0.0, 0.1, 0.9, 0.1],
+        "label": "food",
+        "metadata": {"year": 2020, "lang": "en"},
+    },
+    {
+        "id": "food-2",
+        "vector": [0.1, 0.0, 0.8, 0.2],
+        "label": "food",
+        "metadata": {"year": 2022, "lang": "de"},
+    },
     {"id": "food-3", "vector": [0.0, 0.2, 0.95, 0.0], "label": "food"},
-    {"id": "music-1", "vector": [0.1, 0.9, 0.0, 0.1], "label": "music"},
-    {"id": "music-2", "vector": [0.0, 0.85, 0.1, 0.2], "label": "music"},
+    {
+        "id": "music-1",
+        "vector": [0.1, 0.9, 0.0, 0.1],
+        "label": "music",
+        "metadata": {"year": 2021, "tags": ["live"]},
+    },
+    {
+        "id": "music-2",
+        "vector": [0.0, 0.85, 0.1, 0.2],
+        "label": "music",
+        "metadata": {"year": 2024, "lang": "en"},
+    },
 ]
 
 
@@ -51,14 +86,27 @@ def main() -> None:
             "metric": "cosine",
             "bucket_size": 3,
         },
-        "query_basic.json": {"collection": COLLECTION, "vectors": q[:1], "k": 5, "probes": 8},
-        "query_batch.json": {"collection": COLLECTION, "vectors": q, "k": 10, "probes": 16},
-        "classify_basic.json": {
+        "query_basic.json": {"collection": COLLECTION, "vectors": q[:1], "k": 5},
+        "query_probes.json": {"collection": COLLECTION, "vectors": q[:1], "k": 5, "probes": 8},
+        "query_recall_target.json": {
             "collection": COLLECTION,
-            "vectors": q,
+            "vectors": q[:1],
             "k": 10,
-            "probes": 8,
-            "mode": "classify",
+            "recall_target": 0.9,
+        },
+        "query_batch.json": {"collection": COLLECTION, "vectors": q, "k": 10, "probes": 16},
+        "classify_basic.json": {"collection": COLLECTION, "vectors": q, "k": 10, "mode": "classify"},
+        "query_filter.json": {
+            "collection": "tiny",
+            "vectors": [[0.85, 0.15, 0.05, 0.0]],
+            "k": 3,
+            "filter": {"lang": "en", "year": {"$gte": 2020}},
+            "include_metadata": True,
+        },
+        "bad_query_filter_operator.json": {
+            "collection": "tiny",
+            "vectors": [[0.85, 0.15, 0.05, 0.0]],
+            "filter": {"year": {"$where": "1"}},
         },
         "query_tiny.json": {"collection": "tiny", "vectors": [[0.85, 0.15, 0.05, 0.0]], "k": 3, "probes": 2},
         "classify_tiny.json": {

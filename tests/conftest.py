@@ -30,6 +30,7 @@ import copy
 import importlib.util
 import json
 import sys
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -342,3 +343,91 @@ def brute_force(
 def exact_knn() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """``exact_knn(data, queries, k, metric)``: brute-force reference for search results."""
     return brute_force
+
+
+# --------------------------------------------------------------------------- write handler
+@pytest.fixture
+def write_handler(aws_env: None) -> Iterator[ModuleType]:
+    """functions/write/app.py as a fresh module; call ``.lambda_handler(event, context)``."""
+    module = _import_handler("write", "kdbuckets_write_app")
+    yield module
+    storage.reset_clients()
+    sys.modules.pop("kdbuckets_write_app", None)
+
+
+# --------------------------------------------------------------------------- serialised moto
+class _OneRequestAtATime:
+    """WSGI wrapper: the wrapped app handles one request at a time, start to finish.
+
+    Connections stay threaded (keep-alive, one handler thread per socket, no accept backlog
+    for dozens of pooled clients); only the application call — reading the request, checking
+    preconditions, storing, producing the body — runs under one lock.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+
+@pytest.fixture(scope="session")
+def _serial_moto_server_url() -> Iterator[str]:
+    """A moto S3 server whose requests are serialised (one per test process, on a free port)."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class QuietHandler(MotoRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            """No access log: racing tests make thousands of requests."""
+
+    app = _OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="serial-moto", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def serial_moto_server(
+    aws_env: None, _serial_moto_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MotoServer]:
+    """Like ``moto_server``, but S3 requests are applied one at a time, atomically.
+
+    Why: moto 5.2.5's PutObject checks ``If-Match`` / ``If-None-Match`` and then stores the
+    object in two steps with no lock (``moto/s3/responses.py`` ``put_object``: ``get_object``
+    → compare → ``backend.put_object``), and ``ThreadedMotoServer`` runs every request on its
+    own thread. Two truly simultaneous compare-and-swaps on HEAD can therefore both succeed
+    (observed: 6 of 100 rounds of 8 racing If-Match PUTs had several winners with a small
+    ``sys.setswitchinterval``; moto even failed some with "I/O operation on closed file" as
+    one PUT closed the buffer of the object another was reading). Real S3 applies conditional
+    writes atomically, which is what the publish protocol relies on — so tests that race
+    writers against each other use this server, where each request is applied whole before
+    the next starts, as S3 (linearizable per key) would.
+    """
+    request = urllib.request.Request(f"{_serial_moto_server_url}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", _serial_moto_server_url)
+    storage.reset_clients()
+    client = boto3.client("s3", region_name=REGION, endpoint_url=_serial_moto_server_url)
+    _create_buckets(client)
+    yield MotoServer(_serial_moto_server_url, client)
+    storage.reset_clients()

@@ -18,8 +18,12 @@ from .ranking import bucket_positions, bucket_scores
 if TYPE_CHECKING:
     from .builder import Partition
 
-SAMPLE = 256
+SAMPLE = 512
 K = 10
+#: Calibration queries come from the collection itself, whose vectors shaped the centroids;
+#: unseen queries reach about one point of recall less at the same probes (measured on the
+#: WordNet set), so a target is met with this much to spare.
+MARGIN = 0.01
 
 
 def calibrate(
@@ -49,11 +53,11 @@ def calibrate(
 
 
 def probes_for(calibration: dict[str, Any] | None, target: float, n_buckets: int) -> int | None:
-    """Fewest probes whose calibrated recall reaches ``target`` (None if not calibrated)."""
+    """Fewest probes whose calibrated recall reaches ``target`` + :data:`MARGIN` (None if uncalibrated)."""
     if not calibration or not calibration.get("recall"):
         return None
     curve = np.asarray(calibration["recall"], dtype=np.float64)
-    reached = np.flatnonzero(curve >= target)
+    reached = np.flatnonzero(curve >= min(target + MARGIN, 1.0))
     return int(reached[0]) + 1 if reached.size else n_buckets
 
 

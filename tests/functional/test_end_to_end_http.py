@@ -44,14 +44,14 @@ def test_build_query_and_classify_over_http(
     upload_sample(moto_server.s3)
 
     built = build_handler.lambda_handler(load_event("build_npy.json"), lambda_context)
-    basic = query_handler.lambda_handler(load_event("query_basic.json"), lambda_context)
+    basic = query_handler.lambda_handler(load_event("query_probes.json"), lambda_context)
     batch = query_handler.lambda_handler(load_event("query_batch.json"), lambda_context)
     classified = query_handler.lambda_handler(load_event("classify_basic.json"), lambda_context)
 
     assert built["count"] == len(sample.vectors)
     assert basic["version"] == batch["version"] == classified["version"] == built["version"]
     stored = sample.vectors.astype(np.float16).astype(np.float32)
-    for event, response in ((load_event("query_basic.json"), basic), (load_event("query_batch.json"), batch)):
+    for event, response in ((load_event("query_probes.json"), basic), (load_event("query_batch.json"), batch)):
         assert event["probes"] >= built["buckets"]  # exact on this small sample
         _, rows = exact_knn(stored, np.array(event["vectors"]), event["k"])
         assert [[h["id"] for h in hits] for hits in response["results"]] == sample.ids[rows].tolist()

@@ -114,7 +114,7 @@ def test_query_with_k_above_the_collection_size_returns_every_item_once(
 
 
 # --------------------------------------------------------------------------- demo collection
-def test_query_basic_event_matches_brute_force(
+def test_query_event_with_probes_matches_brute_force(
     demo: dict[str, Any],
     query_handler: ModuleType,
     lambda_context: Any,
@@ -122,7 +122,7 @@ def test_query_basic_event_matches_brute_force(
     sample: local.Sample,
     exact_knn: Any,
 ) -> None:
-    event = load_event("query_basic.json")
+    event = load_event("query_probes.json")
     assert event["probes"] >= demo["buckets"]  # so the committed event is an exact search here
 
     response = query_handler.lambda_handler(event, lambda_context)

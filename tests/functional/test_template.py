@@ -2,10 +2,13 @@
 
 The template is loaded with cfn-lint's own YAML decoder, so short-form intrinsics
 (``!Ref``, ``!Sub``, ``!GetAtt``, ``!If``) arrive in their long form (``{"Ref": ...}``).
+The AWS serverless rules for cfn-lint (``cfn-lint-serverless``, pinned in
+requirements-tools.txt) run too when they are importable, as in the tools venv.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,22 @@ from cfnlint.decode import decode
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
-FUNCTIONS = {"BuildFunction": "functions/build", "QueryFunction": "functions/query"}
+FUNCTIONS = {
+    "BuildFunction": "functions/build",
+    "QueryFunction": "functions/query",
+    "WriteFunction": "functions/write",
+}
 READ_ONLY_S3_ACTIONS = {"s3:GetObject", "s3:ListBucket"}
 BUILD_S3_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+WRITE_S3_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket"}
+INDEX_OBJECTS = {"Fn::Sub": "${IndexBucket.Arn}/${IndexPrefix}*"}
+INDEX_BUCKET_ARN = {"Fn::GetAtt": ["IndexBucket", "Arn"]}
+#: Words that mark an IAM action as one that changes something (s3:PutObject, s3:DeleteObject,
+#: s3:PutBucketPolicy, s3:RestoreObject, iam:CreateRole, ...); read actions carry none of them.
+MUTATING_ACTION_WORDS = ("Put", "Delete", "Create", "Update", "Write", "Restore", "Replicate", "Abort", "*")
+#: Lint rules a resource may switch off, each with the reason given in template.yaml.
+DOCUMENTED_SUPPRESSIONS = {"WS1004"}  # log group via LoggingConfig.LogGroup (serverless-rules#190)
+SERVERLESS_RULES = "cfn_lint_serverless.rules"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +102,26 @@ def test_template_passes_cfn_lint_without_errors_or_warnings() -> None:
     assert not problems, "\n".join(str(m) for m in problems)
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("cfn_lint_serverless") is None,
+    reason="cfn-lint-serverless is installed in the tools venv (make tools-venv), not the dev venv",
+)
+def test_template_passes_the_serverless_rules() -> None:
+    config = ManualArgs(regions=["us-east-1"], append_rules=[SERVERLESS_RULES])  # type: ignore[typeddict-unknown-key]
+    matches = lint(TEMPLATE.read_text(), config=config)
+    problems = [m for m in matches if m.rule.id[0] in "EW" or m.rule.id[:2] in ("ES", "WS")]
+    assert not problems, "\n".join(str(m) for m in problems)
+
+
+def test_lint_suppressions_are_only_the_documented_ones(template: dict[str, Any]) -> None:
+    for name, resource in template["Resources"].items():
+        config = resource.get("Metadata", {}).get("cfn-lint", {}).get("config", {})
+        assert set(config) <= {"ignore_checks"}, f"{name}: unexpected cfn-lint config {config}"
+        ignored = set(config.get("ignore_checks", []))
+        assert ignored <= DOCUMENTED_SUPPRESSIONS, f"{name}: undocumented suppression {ignored}"
+    assert "cfn-lint" not in template.get("Metadata", {}), "suppress per resource, not template-wide"
+
+
 # ---------------------------------------------------------------- index bucket
 
 
@@ -143,6 +179,34 @@ def test_function_policies_are_scoped_to_named_buckets(template: dict[str, Any],
             assert resource != "*", f"{function}: statement {statement.get('Sid')} on Resource *"
 
 
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_function_permissions_come_only_from_its_inline_policies(
+    template: dict[str, Any], function: str
+) -> None:
+    """No explicit Role, managed policy or permissions boundary that the checks here would miss."""
+    props = template["Resources"][function]["Properties"]
+    for escape in ("Role", "PermissionsBoundary"):
+        assert escape not in props, f"{function}: {escape} bypasses the Policies checked here"
+        assert escape not in template["Globals"]["Function"], f"Globals: {escape}"
+    iam = {k: v["Type"] for k, v in template["Resources"].items() if v["Type"].startswith("AWS::IAM::")}
+    assert not iam, f"IAM resources outside the functions' Policies: {iam}"
+    inline_statements(template, function)  # asserts every policy is an inline statement list
+
+
+def test_index_bucket_policy_grants_nothing(template: dict[str, Any]) -> None:
+    """The bucket policy only denies, so the functions' roles are the only grants."""
+    for policy in resources_of_type(template, "AWS::S3::BucketPolicy").values():
+        for statement in as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
+            assert statement["Effect"] == "Deny", statement.get("Sid")
+
+
+def test_query_function_has_no_write_action_anywhere(template: dict[str, Any]) -> None:
+    actions = {a for s in inline_statements(template, "QueryFunction") for a in as_list(s["Action"])}
+    writes = {a for a in actions if any(word in a for word in MUTATING_ACTION_WORDS)}
+    assert not writes, f"QueryFunction may not change anything: {writes}"
+    assert actions, "QueryFunction needs at least s3:GetObject"
+
+
 def test_query_function_policy_is_read_only_on_the_index_bucket(template: dict[str, Any]) -> None:
     statements = inline_statements(template, "QueryFunction")
     actions = {a for s in statements for a in as_list(s["Action"])}
@@ -172,7 +236,63 @@ def test_build_function_writes_only_under_the_index_prefix(template: dict[str, A
     assert write_resources == [{"Fn::Sub": "${IndexBucket.Arn}/${IndexPrefix}*"}]
 
 
+def test_write_function_may_only_read_write_delete_and_list_the_index(template: dict[str, Any]) -> None:
+    statements = inline_statements(template, "WriteFunction")
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    assert actions == WRITE_S3_ACTIONS, f"expected exactly {WRITE_S3_ACTIONS}, got {actions}"
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement
+        assert "NotResource" not in statement
+        for action in as_list(statement["Action"]):
+            expected = INDEX_BUCKET_ARN if action == "s3:ListBucket" else INDEX_OBJECTS
+            assert as_list(statement["Resource"]) == [expected], (
+                f"WriteFunction: {action} on {statement['Resource']}, expected {expected}"
+            )
+
+
+def test_write_function_deletes_only_under_the_index_prefix(template: dict[str, Any]) -> None:
+    deletable = [
+        r
+        for function in FUNCTIONS
+        for s in inline_statements(template, function)
+        if "s3:DeleteObject" in as_list(s["Action"])
+        for r in as_list(s["Resource"])
+    ]
+    assert deletable == [INDEX_OBJECTS], "only WriteFunction (garbage collection) deletes, under the prefix"
+
+
 # ---------------------------------------------------------------- functions
+
+
+def test_write_function_is_sized_like_the_build(template: dict[str, Any]) -> None:
+    """A compaction rebuilds the whole collection, as a build does."""
+    assert resolve(template, effective(template, "WriteFunction", "MemorySize")) == 3008
+    assert resolve(template, effective(template, "WriteFunction", "Timeout")) == 900
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_function_traces_actively_and_logs_json(template: dict[str, Any], function: str) -> None:
+    assert effective(template, function, "Tracing") == "Active"
+    logging = dict(template["Globals"]["Function"].get("LoggingConfig", {}))  # SAM merges maps
+    logging.update(template["Resources"][function]["Properties"].get("LoggingConfig", {}))
+    assert logging["LogFormat"] == "JSON"
+    assert logging["SystemLogLevel"] == "INFO", "REPORT lines (duration, memory) must be kept"
+    assert logging["ApplicationLogLevel"] == {
+        "Fn::FindInMap": ["LambdaLogLevel", {"Ref": "LogLevel"}, "Name"]
+    }
+
+
+def test_lambda_log_level_follows_the_powertools_log_level(template: dict[str, Any]) -> None:
+    """Powertools lets Lambda's ApplicationLogLevel win, so both must come from LogLevel."""
+    allowed = template["Parameters"]["LogLevel"]["AllowedValues"]
+    mapping = template["Mappings"]["LambdaLogLevel"]
+    assert set(mapping) == set(allowed)
+    lambda_names = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
+    for level in allowed:
+        name = mapping[level]["Name"]
+        assert name in lambda_names, f"{level} -> {name} is not a Lambda log level"
+        assert name[:4] == level[:4]
 
 
 @pytest.mark.parametrize("function", sorted(FUNCTIONS))
@@ -245,6 +365,10 @@ def test_layer_is_built_by_its_makefile_for_python313(template: dict[str, Any]) 
 
 
 def test_outputs_name_what_a_user_needs(template: dict[str, Any]) -> None:
-    assert {"IndexBucketName", "BuildFunctionName", "QueryFunctionName", "LayerArn"} <= set(
-        template["Outputs"]
-    )
+    assert {
+        "IndexBucketName",
+        "BuildFunctionName",
+        "QueryFunctionName",
+        "WriteFunctionName",
+        "LayerArn",
+    } <= set(template["Outputs"])

@@ -1,0 +1,322 @@
+"""Writers racing on one collection over real HTTP: no acknowledged write is ever lost.
+
+A write is acknowledged only after HEAD names a manifest that contains it; a writer that
+loses the compare-and-swap on HEAD redoes its whole write on the new state. These tests race
+16 writer threads (each upserting its own ids in several writes) and a few reader threads
+against one collection through the library, on a moto server that applies one request at a
+time (``serial_moto_server`` in tests/conftest.py explains why: moto's conditional PUT is not
+atomic across threads, real S3's is). Afterwards:
+
+- every acknowledged upsert is findable at distance ~0 and the count adds up;
+- the acknowledged versions form one unbroken parent chain from the build to HEAD — no
+  acknowledged version was overwritten by another writer;
+- HEAD names a complete manifest: every bucket and id shard it lists exists and verifies,
+  and the id directory agrees with the buckets;
+- every reader response came from one published version: replaying it pinned to that
+  version gives the same answer.
+
+Two racing writes where one deletes the other's id end in one of the two serial orders.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from devtools import local
+from kdbuckets import ObjectStore, Searcher, layout, service, storage, versions, writer
+from kdbuckets.bucket import decode_bucket, dedup_keys
+from kdbuckets.builder import BuildParams, build_index
+from kdbuckets.collection import make_collection
+from kdbuckets.directory import decode_shard
+from kdbuckets.manifest import Manifest, decode_head, decode_manifest
+from kdbuckets.writer import WriteResult
+
+COLLECTION = "race"
+DIM = 8
+INITIAL = 300
+BUCKET_SIZE = 30
+WRITERS = 16
+WRITES_EACH = 5
+ITEMS_PER_WRITE = 4
+READERS = 3
+READS_EACH = 12
+#: Far more than the default: 16 writers contend for every swap, and this test is about
+#: acknowledged writes never being lost, not about how patient a writer is.
+MAX_ATTEMPTS = 64
+BARRIER_TIMEOUT = 60
+
+
+def _vectors(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _upsert_ids(w: int, j: int) -> np.ndarray:
+    """Ids of writer ``w``'s write ``j``: distinct across all writers and writes."""
+    return 10_000 + w * 100 + j * 10 + np.arange(ITEMS_PER_WRITE, dtype=np.int64)
+
+
+def _upsert_vectors(w: int, j: int) -> np.ndarray:
+    return _vectors(1_000 + w * 100 + j, ITEMS_PER_WRITE)
+
+
+def _build(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> str:
+    data = make_collection(vectors, ids, None, metric="cosine")
+    return build_index(store, COLLECTION, data, BuildParams(bucket_size=BUCKET_SIZE)).version
+
+
+def _head_manifest(store: ObjectStore) -> Manifest:
+    body, _ = store.get(layout.head_key(COLLECTION))
+    head = decode_head(body, key=layout.head_key(COLLECTION))
+    return decode_manifest(store.get(head.manifest_key)[0], key=head.manifest_key)
+
+
+def _assert_complete(store: ObjectStore, manifest: Manifest, expected_ids: np.ndarray) -> None:
+    """Every bucket and shard HEAD's manifest lists exists and verifies; buckets and directory agree."""
+    bucket_keys = [layout.bucket_key(COLLECTION, fp) for fp in manifest.buckets.fingerprints]
+    buckets = [
+        decode_bucket(body, key=key, expected_fingerprint=fp)
+        for key, body, fp in zip(
+            bucket_keys, store.get_many(bucket_keys), manifest.buckets.fingerprints, strict=True
+        )
+    ]
+    shard_keys = [layout.id_shard_key(COLLECTION, fp) for fp in manifest.id_shards]
+    shards = [
+        decode_shard(body, key=key, expected_fingerprint=fp, n_buckets=manifest.n_buckets)
+        for key, body, fp in zip(shard_keys, store.get_many(shard_keys), manifest.id_shards, strict=True)
+    ]
+    assert [b.count for b in buckets] == manifest.buckets.rows.tolist()
+    stored = {int(k) for b in buckets for k in dedup_keys(b.ids.to_numpy()).tolist()}
+    expected = set(dedup_keys(expected_ids).tolist())
+    assert stored == expected
+    directory = np.concatenate([s.keys for s in shards])
+    assert len(directory) == len(set(directory.tolist())) == len(expected)
+    assert set(directory.tolist()) == expected
+    members = [set(dedup_keys(b.ids.to_numpy()).tolist()) for b in buckets]
+    for shard in shards:
+        for key, primary, secondary in zip(
+            shard.keys.tolist(), shard.primary.tolist(), shard.secondary.tolist(), strict=True
+        ):
+            assert key in members[primary]
+            assert secondary == -1 or key in members[secondary]
+
+
+def _parent_chain(store: ObjectStore) -> list[str]:
+    """Versions from HEAD back to the first build, following each manifest's parent."""
+    listed = {v.version: v for v in versions.list_versions(store, COLLECTION)}
+    head = next(v for v in listed.values() if v.is_head)
+    chain = [head.version]
+    while listed[chain[-1]].parent is not None:
+        chain.append(listed[chain[-1]].parent)
+    return chain
+
+
+def _assert_found(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> list[int]:
+    """Ids whose own vector does not find them first at distance ~0 (exact search)."""
+    result = Searcher(store).search(COLLECTION, vectors, k=1, probes=4096)
+    found = [row[0] for row in result.ids]
+    return [
+        int(i)
+        for i, got, d in zip(ids.tolist(), found, result.distances[:, 0].tolist(), strict=True)
+        if got != i or d > 1e-6
+    ]
+
+
+@dataclass
+class Reading:
+    """One reader response: the version it names and what it answered."""
+
+    version: str
+    ids: list[list[Any]]
+    distances: np.ndarray
+
+
+@dataclass
+class Race:
+    acknowledged: list[WriteResult] = field(default_factory=list)
+    failures: list[BaseException] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def test_racing_writers_lose_no_acknowledged_upsert_and_readers_see_whole_versions(
+    serial_moto_server: Any,
+) -> None:
+    store = ObjectStore(local.INDEX_BUCKET)
+    initial_vectors, initial_ids = _vectors(0, INITIAL), np.arange(INITIAL, dtype=np.int64)
+    built = _build(store, initial_vectors, initial_ids)
+    # Readers ask for initial vectors and for vectors that writers are about to upsert, so
+    # whether a new id appears depends on the version a response was served from.
+    probe_queries = np.vstack(
+        [initial_vectors[:4]] + [_upsert_vectors(w, 0)[:1] for w in range(0, WRITERS, 4)]
+    )
+
+    race = Race()
+    start = threading.Barrier(WRITERS + READERS, timeout=BARRIER_TIMEOUT)
+    writers_done = threading.Event()
+
+    def write_all(w: int) -> None:
+        start.wait()
+        for j in range(WRITES_EACH):
+            upserts = make_collection(_upsert_vectors(w, j), _upsert_ids(w, j), None, metric="cosine")
+            try:
+                result = writer.write(store, COLLECTION, upserts=upserts, max_attempts=MAX_ATTEMPTS)
+            except BaseException as exc:  # recorded: an unacknowledged write fails the test below
+                with race.lock:
+                    race.failures.append(exc)
+                continue
+            with race.lock:
+                race.acknowledged.append(result)
+
+    def read_all() -> None:
+        searcher = Searcher(store, head_ttl=0)
+        start.wait()
+        for _ in range(READS_EACH):
+            try:
+                result = searcher.search(COLLECTION, probe_queries, k=5, probes=4096)
+            except BaseException as exc:
+                with race.lock:
+                    race.failures.append(exc)
+                return
+            with race.lock:
+                race.readings.append(Reading(result.version, result.ids, result.distances.copy()))
+            if writers_done.wait(0.02):
+                return
+
+    threads = [threading.Thread(target=write_all, args=(w,)) for w in range(WRITERS)]
+    readers = [threading.Thread(target=read_all) for _ in range(READERS)]
+    for t in threads + readers:
+        t.start()
+    for t in threads:
+        t.join()
+    writers_done.set()
+    for t in readers:
+        t.join()
+
+    assert race.failures == []
+    assert len(race.acknowledged) == WRITERS * WRITES_EACH
+    upserted_ids = np.concatenate([_upsert_ids(w, j) for w in range(WRITERS) for j in range(WRITES_EACH)])
+    upserted_vectors = np.vstack([_upsert_vectors(w, j) for w in range(WRITERS) for j in range(WRITES_EACH)])
+
+    # No acknowledged write lost: every upsert findable, counts add up, one unbroken history.
+    assert _assert_found(store, upserted_vectors, upserted_ids) == []
+    assert _assert_found(store, initial_vectors, initial_ids) == []
+    manifest = _head_manifest(store)
+    assert manifest.count == INITIAL + len(upserted_ids)
+    chain = _parent_chain(store)
+    assert chain[-1] == built
+    assert sorted(chain[:-1]) == sorted(r.version for r in race.acknowledged)
+    assert [
+        r.count for r in sorted(race.acknowledged, key=lambda r: chain.index(r.version), reverse=True)
+    ] == [INITIAL + ITEMS_PER_WRITE * (n + 1) for n in range(len(race.acknowledged))]
+    _assert_complete(store, manifest, np.concatenate([initial_ids, upserted_ids]))
+
+    # Readers: each response is exactly what its version answers when asked pinned to it.
+    assert race.readings
+    published = set(chain)
+    replay = Searcher(store)
+    pinned: dict[str, Reading] = {}
+    for reading in race.readings:
+        assert reading.version in published
+        if reading.version not in pinned:
+            result = replay.search(COLLECTION, probe_queries, k=5, probes=4096, version=reading.version)
+            pinned[reading.version] = Reading(result.version, result.ids, result.distances)
+        expected = pinned[reading.version]
+        assert reading.ids == expected.ids
+        np.testing.assert_allclose(reading.distances, expected.distances, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- delete vs upsert
+class HoldHeadSwaps:
+    """Holds each thread's first PUT of HEAD until ``parties`` threads have arrived.
+
+    Both writers have then read the same HEAD and built their manifests on it, so their
+    compare-and-swaps truly race; later attempts (after a lost swap) pass straight through.
+    """
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=BARRIER_TIMEOUT)
+        self.held: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, params: dict[str, Any], **kwargs: Any) -> None:
+        if not params["url_path"].endswith("/HEAD"):
+            return
+        me = threading.get_ident()
+        with self.lock:
+            first = me not in self.held
+            self.held.add(me)
+        if first:
+            self.barrier.wait()
+
+
+def _run_together(*calls: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # surfaced below
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["id-exists", "id-new"])
+def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
+    serial_moto_server: Any, exists: bool
+) -> None:
+    store = ObjectStore(local.INDEX_BUCKET)
+    vectors, ids = _vectors(7, 120), np.array([f"doc-{i}" for i in range(120)])
+    build_index(
+        store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
+    )
+    target = "doc-5" if exists else "doc-new"
+    new_vector = _vectors(8, 1)[0]
+    hold = HoldHeadSwaps(2)
+    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register("before-call.s3.PutObject", hold)
+
+    upsert_event = {
+        "collection": COLLECTION,
+        "operation": "upsert",
+        "items": [{"id": target, "vector": new_vector.tolist(), "metadata": {"by": "upsert"}}],
+    }
+    delete_event = {"collection": COLLECTION, "operation": "delete", "ids": [target]}
+    upserted, deleted = _run_together(
+        lambda: service.write(upsert_event, store), lambda: service.write(delete_event, store)
+    )
+
+    # Both swaps raced from the same HEAD: exactly one won at once, the other redid its write.
+    assert sorted([upserted["attempts"], deleted["attempts"]]) == [1, 2]
+    upsert_first = upserted["attempts"] == 1
+    result = Searcher(store).search(COLLECTION, new_vector[None, :], k=1, probes=4096)
+    if upsert_first:  # upsert, then delete: the id is gone
+        assert deleted["deleted"] == 1
+        assert result.ids[0][0] != target
+        assert deleted["count"] == len(ids) - exists
+        assert _head_manifest(store).count == len(ids) - exists
+    else:  # delete, then upsert: the id holds the upserted vector
+        assert (deleted["deleted"], deleted["not_found"]) == (int(exists), int(not exists))
+        assert result.ids[0][0] == target
+        assert result.distances[0, 0] < 1e-6
+        assert _head_manifest(store).count == len(ids) + (not exists)
+    assert _parent_chain(store)[:2] == (
+        [deleted["version"], upserted["version"]]
+        if upsert_first
+        else [upserted["version"], deleted["version"]]
+    )
+    expected = [i for i in ids.tolist() if i != target] + ([] if upsert_first else [target])
+    _assert_complete(store, _head_manifest(store), np.array(expected))
