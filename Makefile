@@ -68,7 +68,7 @@ $(TOOLS_STAMP): requirements-tools.txt
 	touch $@
 
 validate: $(TOOLS_STAMP) ## lint the SAM template (cfn-lint, then sam validate --lint)
-	$(CFN_LINT) template.yaml
+	$(CFN_LINT) template.yaml --append-rules cfn_lint_serverless.rules
 	$(SAM) validate --lint --template-file template.yaml
 
 build: $(TOOLS_STAMP) ## sam build: functions and layer into .aws-sam/ (Makefile builds; no Docker)

@@ -8,6 +8,7 @@ nothing is ever unpickled. Objects are named by the SHA-256 of their bytes.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import msgpack
@@ -47,7 +48,11 @@ def unpack_array(
     if not isinstance(node, dict) or set(node) != {"dtype", "shape", "data"}:
         raise CorruptObject(key, f"field {name!r} is not an encoded array")
     got_dtype, shape, data = node["dtype"], node["shape"], node["data"]
-    if got_dtype not in ALLOWED_DTYPES or (dtype is not None and got_dtype != dtype):
+    if (
+        not isinstance(got_dtype, str)
+        or got_dtype not in ALLOWED_DTYPES
+        or (dtype is not None and got_dtype != dtype)
+    ):
         raise CorruptObject(key, f"field {name!r} has unexpected dtype {got_dtype!r}")
     if (
         not isinstance(shape, list)
@@ -58,7 +63,7 @@ def unpack_array(
     if not isinstance(data, bytes):
         raise CorruptObject(key, f"field {name!r} carries no bytes")
     np_dtype = np.dtype(got_dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    expected = math.prod(shape) * np_dtype.itemsize  # Python ints: no overflow
     if expected != len(data):
         raise CorruptObject(key, f"field {name!r} holds {len(data)} bytes; shape {shape} needs {expected}")
     return np.frombuffer(data, dtype=np_dtype).reshape(shape)

@@ -15,6 +15,12 @@ from .errors import InvalidRequest
 MAX_DIM = 4096
 MAX_ID_BYTES = 256
 MAX_LABELS = 65_536
+MAX_LABEL_CHARS = 256
+
+
+def _at(field: str, row: int) -> str:
+    """``items[].id`` → ``items[7].id``; ``source.ids`` → ``source.ids[7]``."""
+    return field.replace("[]", f"[{row}]", 1) if "[]" in field else f"{field}[{row}]"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
         lengths = np.char.str_len(np.char.encode(ids, "utf-8")) if ids.size else np.zeros(0)
         if ids.size and (lengths.min() == 0 or lengths.max() > MAX_ID_BYTES):
             row = int(np.argmax((lengths == 0) | (lengths > MAX_ID_BYTES)))
-            raise InvalidRequest(f"{field}[{row}]", f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
+            raise InvalidRequest(_at(field, row), f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
     else:
         raise InvalidRequest(field, f"must hold integers or strings, got dtype {ids.dtype}")
     uniq, counts = np.unique(ids, return_counts=True)
@@ -126,6 +132,11 @@ def _check_labels(
     if labels.dtype.kind not in "iuUS":
         raise InvalidRequest(field, f"must hold integers or strings, got dtype {labels.dtype}")
     values = labels.astype(str) if labels.dtype.kind in "iu" else _as_text(labels, field)
+    too_long = np.char.str_len(values) > MAX_LABEL_CHARS if values.size else np.zeros(0, bool)
+    if too_long.any():
+        raise InvalidRequest(
+            _at(field, int(np.argmax(too_long))), f"is longer than {MAX_LABEL_CHARS} characters"
+        )
     names, codes = np.unique(values, return_inverse=True)
     if len(names) > MAX_LABELS:
         raise InvalidRequest(field, f"has {len(names)} distinct labels; at most {MAX_LABELS} are supported")

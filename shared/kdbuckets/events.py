@@ -7,6 +7,7 @@ in the caller's terms (``vectors[2][5]``, ``source.vectors``, ``k``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -118,6 +119,12 @@ def _parse(model: type[BaseModel], event: object) -> Any:
         raise _to_invalid_request(exc) from None
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+_VALIDATOR_TAG = re.compile(
+    r"^(function-(after|before|wrap|plain)|literal|lax-or-strict|json-or-python|nullable|union|tagged-union|chain)\["
+)
+
+
 def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
     """Turn pydantic's first error into ``InvalidRequest("vectors[3]", "…")``."""
     err = exc.errors(include_url=False)[0]
@@ -126,6 +133,8 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
         return cause
     field = ""
     for part in err["loc"]:
+        if isinstance(part, str) and (part in _UNION_TAGS or _VALIDATOR_TAG.match(part)):
+            continue  # pydantic's names for union members / validators, not the caller's fields
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
     field = field or "event"
     if err["type"] == "missing":
@@ -149,7 +158,9 @@ class WriteRequest(_Strict):
     collection: StrictStr
     operation: Operation
     items: Annotated[list[Any], Field(min_length=1, max_length=MAX_WRITE_ITEMS)] | None = None
-    ids: Annotated[list[StrictStr | StrictInt], Field(min_length=1, max_length=MAX_DELETE_IDS)] | None = None
+    ids: Annotated[list[Any], Field(min_length=1, max_length=MAX_DELETE_IDS)] | None = (
+        None  # checked in service
+    )
     version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
     expected_version: Annotated[StrictStr, Field(pattern=r"^[0-9A-Za-z._-]{1,64}$")] | None = None
     keep_last: Annotated[StrictInt, Field(ge=1, le=1000)] = 5

@@ -149,6 +149,8 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         radii=arr(bnode, "radii", "<f4", 1),
     )
     _check_consistency(key, dim, tree, table)
+    if not isinstance(obj.get("extra") or {}, dict) or not isinstance(obj.get("parent") or "", str):
+        raise CorruptObject(key, "extra must be a map and parent a version string")
     for name, allowed in (
         ("metric", METRICS),
         ("dtype", ("float32", "float16")),
@@ -240,7 +242,7 @@ def decode_head(body: bytes, *, key: str) -> Head:
     """Parse HEAD, refusing anything that does not look exactly like one."""
     try:
         doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CorruptObject(key, "HEAD is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
         raise CorruptObject(key, "not a kdbuckets HEAD")

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import events, versions, writer
 from .builder import build_index
+from .collection import MAX_ID_BYTES
 from .errors import InvalidRequest
 from .searcher import Searcher
 from .sources import items_to_collection, read_source
@@ -130,10 +131,22 @@ def write(event: object, store: ObjectStore) -> dict[str, Any]:
 
 
 def _id_array(ids: list[Any], field: str) -> np.ndarray:
+    """Ids of a delete: all int64 or all strings of 1 to 256 bytes of UTF-8."""
+    for n, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, str | int):
+            raise InvalidRequest(f"{field}[{n}]", f"must be a string or an integer, got {type(i).__name__}")
     if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        if any(abs(i) >= 2**63 for i in ids):
-            raise InvalidRequest(field, "integer ids must fit in int64")
+        for n, i in enumerate(ids):
+            if abs(i) >= 2**63:
+                raise InvalidRequest(f"{field}[{n}]", "must fit in int64")
         return np.array(ids, dtype=np.int64)
     if all(isinstance(i, str) for i in ids):
+        for n, i in enumerate(ids):
+            try:
+                size = len(i.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{field}[{n}]", "is not valid UTF-8 text") from None
+            if not 1 <= size <= MAX_ID_BYTES:
+                raise InvalidRequest(f"{field}[{n}]", f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
         return np.array(ids, dtype=str)
     raise InvalidRequest(field, "must be all strings or all integers, not a mix")

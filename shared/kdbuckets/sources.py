@@ -14,8 +14,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tokenize
 import zlib
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,9 @@ from .storage import NotFound, S3Uri
 
 #: Largest source object a single build reads (the real limit is the Lambda's memory).
 MAX_SOURCE_BYTES = 4 << 30
+#: Largest decompressed JSON Lines source (JSON text is ~4x the size of the float32 vectors).
+MAX_JSONL_BYTES = 1 << 30
+MAX_LABEL_CHARS = 256
 
 Fetch = Callable[[S3Uri], bytes]
 
@@ -79,7 +84,7 @@ def _apply_label_names(codes: np.ndarray, uri: Any, fetch: Fetch) -> np.ndarray:
     try:
         mapping = json.loads(_fetch(fetch, S3Uri.parse(uri, field=field), field))
         table = {int(k): str(v) for k, v in mapping.items()}
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         raise SourceError(field, "must be a JSON object mapping label codes to names") from None
     missing = set(np.unique(codes).tolist()) - set(table)
     if missing:
@@ -94,8 +99,8 @@ def load_npy(body: bytes, field: str) -> np.ndarray:
         major, _ = np.lib.format.read_magic(f)
         reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(f)
-    except ValueError as exc:
-        raise SourceError(field, f"is not a valid .npy file ({exc})") from None
+    except (ValueError, SyntaxError, tokenize.TokenError) as exc:
+        raise SourceError(field, f"is not a valid .npy file ({type(exc).__name__})") from None
     if dtype.hasobject:
         raise SourceError(field, "holds Python objects; only numeric or string arrays are read")
     if not all(isinstance(s, int) and s >= 0 for s in shape):
@@ -143,9 +148,16 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
             raise InvalidRequest(
                 f"{field}[{has_labels.index(False)}].label", "is missing; label all items or none"
             )
-        bad = [i for i, lab in enumerate(labels) if isinstance(lab, bool) or not isinstance(lab, str | int)]
+        bad = [
+            i
+            for i, lab in enumerate(labels)
+            if isinstance(lab, bool) or not isinstance(lab, str | int) or len(str(lab)) > MAX_LABEL_CHARS
+        ]
         if bad:
-            raise InvalidRequest(f"{field}[{bad[0]}].label", "must be a string or an integer")
+            raise InvalidRequest(
+                f"{field}[{bad[0]}].label",
+                f"must be a string (at most {MAX_LABEL_CHARS} characters) or an integer",
+            )
         label_array = np.array([str(lab) for lab in labels])
     return make_collection(
         matrix,
@@ -163,17 +175,25 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
     The fast path is one numpy conversion; only when it fails (or yields a non-numeric dtype)
     do we walk the rows to say which one is wrong.
     """
-    try:
-        matrix = np.array(vectors)
-        if (
-            matrix.ndim == 2
-            and matrix.dtype.kind in "fi"
-            and matrix.shape[1] > 0
-            and not _has_bool(vectors, matrix)
-        ):
-            return matrix.astype(np.float32) if matrix.dtype != np.float32 else matrix
-    except (ValueError, TypeError, OverflowError):
-        pass
+    if all(type(row) is list for row in vectors):
+        # Check element types before numpy sees them: a stray string would make np.array
+        # build a fixed-width text array as wide as that string for every element.
+        kinds = set(map(type, chain.from_iterable(vectors)))
+        if kinds and kinds <= {int, float}:
+            try:
+                matrix = np.array(vectors, dtype=np.float64)
+            except (ValueError, OverflowError):
+                matrix = None  # ragged rows or huge ints: named precisely below
+            if (
+                matrix is not None
+                and matrix.ndim == 2
+                and matrix.shape[1] > 0
+                and (
+                    np.abs(matrix).max(initial=0.0) <= np.finfo(np.float32).max
+                    or not np.isfinite(matrix).all()
+                )
+            ):
+                return matrix.astype(np.float32)
     width = None
     for i, row in enumerate(vectors):
         where = f"{field}[{i}]{suffix}"
@@ -182,19 +202,13 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
         for j, x in enumerate(row):
             if isinstance(x, bool) or not isinstance(x, int | float):
                 raise InvalidRequest(f"{where}[{j}]", f"must be a number, got {type(x).__name__}")
-            if isinstance(x, int) and abs(x) > 1e38:
+            if abs(x) > 3.4e38 and x == x and abs(x) != float("inf"):
                 raise InvalidRequest(f"{where}[{j}]", "is too large for float32")
         if width is None:
             width = len(row)
         elif len(row) != width:
             raise InvalidRequest(where, f"has {len(row)} dimensions; {field}[0]{suffix} has {width}")
     raise InvalidRequest(field, "must be a list of equal-length lists of numbers")
-
-
-def _has_bool(vectors: list[Any], matrix: np.ndarray) -> bool:
-    """JSON ``true``/``false`` would pass as 1.0/0.0; only rows holding a 0 or 1 can hide one."""
-    suspects = np.flatnonzero(((matrix == 0) | (matrix == 1)).any(axis=1))
-    return any(isinstance(x, bool) for i in suspects.tolist() for x in vectors[i])
 
 
 def _id_array(ids: list[Any], field: str) -> np.ndarray:
@@ -218,17 +232,25 @@ def _parse_lines(lines: list[bytes]) -> Iterable[Any]:
             continue
         try:
             yield json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise SourceError("source.jsonl", f"line {number} is not valid JSON") from None
 
 
 def _decompress(body: bytes, field: str) -> bytes:
     if body[:2] != b"\x1f\x8b":
         return body
+    out = io.BytesIO()
     try:
-        return gzip.decompress(body)
+        with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+                if out.tell() > MAX_JSONL_BYTES:
+                    raise SourceError(
+                        field, f"expands beyond {MAX_JSONL_BYTES >> 30} GiB; split the collection"
+                    )
     except (OSError, EOFError, zlib.error):
         raise SourceError(field, "is not a valid gzip file") from None
+    return out.getvalue()
 
 
 def _fetch(fetch: Fetch, uri: S3Uri, field: str) -> bytes:

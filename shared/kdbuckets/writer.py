@@ -140,6 +140,8 @@ def _attempt(
     for b in np.unique(targets).tolist():
         edits.setdefault(b, _Edit()).add.append(np.flatnonzero(targets == b))
 
+    if not edits and not len(up_keys):  # deleting ids that do not exist: nothing to publish
+        return WriteResult(m.collection, m.version, 0, 0, len(del_keys), 0, 0, attempt, m.count)
     buckets = _load_buckets(store, m, sorted(edits))
     tree = _MutableTree(m.tree)
     centroids = m.buckets.centroids.copy()

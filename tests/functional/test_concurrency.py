@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from devtools import local
-from kdbuckets import ObjectStore, Searcher, layout, service, storage, versions, writer
+from kdbuckets import Conflict, ObjectStore, Searcher, layout, service, storage, versions, writer
 from kdbuckets.bucket import decode_bucket, dedup_keys
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.collection import make_collection
@@ -40,12 +40,12 @@ from kdbuckets.writer import WriteResult
 COLLECTION = "race"
 DIM = 8
 INITIAL = 300
-BUCKET_SIZE = 30
+BUCKET_SIZE = 100
 WRITERS = 16
 WRITES_EACH = 5
 ITEMS_PER_WRITE = 4
 READERS = 3
-READS_EACH = 12
+READS_EACH = 6
 #: Far more than the default: 16 writers contend for every swap, and this test is about
 #: acknowledged writes never being lost, not about how patient a writer is.
 MAX_ATTEMPTS = 64
@@ -62,7 +62,11 @@ def _upsert_ids(w: int, j: int) -> np.ndarray:
 
 
 def _upsert_vectors(w: int, j: int) -> np.ndarray:
-    return _vectors(1_000 + w * 100 + j, ITEMS_PER_WRITE)
+    """Writer ``w``'s write ``j``: a few distinct vectors close together, so that one write
+    usually rewrites one bucket (the race, not the bucket count, is under test)."""
+    rng = np.random.default_rng(1_000 + w * 100 + j)
+    centre = rng.normal(size=DIM)
+    return (centre + 0.05 * rng.normal(size=(ITEMS_PER_WRITE, DIM))).astype(np.float32)
 
 
 def _build(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> str:
@@ -320,3 +324,38 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
     )
     expected = [i for i in ids.tolist() if i != target] + ([] if upsert_first else [target])
     _assert_complete(store, _head_manifest(store), np.array(expected))
+
+
+def test_compaction_racing_a_write_never_undoes_it(serial_moto_server: Any) -> None:
+    store = ObjectStore(local.INDEX_BUCKET)
+    vectors, ids = _vectors(9, 120), np.arange(120, dtype=np.int64)
+    build_index(
+        store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
+    )
+    new_vector = _vectors(10, 1)
+    hold = HoldHeadSwaps(2)
+    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register("before-call.s3.PutObject", hold)
+
+    def compact() -> dict[str, Any]:
+        try:
+            return {"version": writer.compact(store, COLLECTION).version}
+        except Conflict:  # a write landed first: compaction must give up, not overwrite it
+            return {"version": None}
+
+    def upsert() -> dict[str, Any]:
+        upserts = make_collection(new_vector, np.array([500]), None, metric="cosine")
+        return writer.write(store, COLLECTION, upserts=upserts).as_dict()
+
+    compacted, upserted = _run_together(compact, upsert)
+
+    chain = _parent_chain(store)
+    assert chain[0] == upserted["version"]  # the write is live, whoever swapped first
+    if compacted["version"] is None:  # the write won: compaction published nothing
+        assert upserted["attempts"] == 1
+        assert len(chain) == 2
+    else:  # compaction won: the write was redone on the compacted version
+        assert upserted["attempts"] == 2
+        assert chain[1] == compacted["version"]
+    assert _head_manifest(store).count == upserted["count"] == 121
+    assert _assert_found(store, new_vector, np.array([500])) == []
+    _assert_complete(store, _head_manifest(store), np.append(ids, 500))

@@ -51,7 +51,10 @@ def test_build_query_and_classify_over_http(
     assert built["count"] == len(sample.vectors)
     assert basic["version"] == batch["version"] == classified["version"] == built["version"]
     stored = sample.vectors.astype(np.float16).astype(np.float32)
-    for event, response in ((load_event("query_probes.json"), basic), (load_event("query_batch.json"), batch)):
+    for event, response in (
+        (load_event("query_probes.json"), basic),
+        (load_event("query_batch.json"), batch),
+    ):
         assert event["probes"] >= built["buckets"]  # exact on this small sample
         _, rows = exact_knn(stored, np.array(event["vectors"]), event["k"])
         assert [[h["id"] for h in hits] for hits in response["results"]] == sample.ids[rows].tolist()
