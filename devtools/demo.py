@@ -175,9 +175,11 @@ def run_build(build: Handler, s3: Any) -> dict[str, Any]:
     t = response["timings_ms"]
     params = response["params"]
     print(f"collection {response['collection']!r} version {response['version']}")
+    copies = response["stored_rows"] / response["count"]
     print(
         f"{response['count']:,} × {response['dim']} {params['metric']} vectors → {response['buckets']} "
-        f"buckets (≤ {params['bucket_size']:,} rows), {size(index_bytes(s3, response['collection']))} in S3"
+        f"buckets (bucket_size {params['bucket_size']:,}; {copies:.2f} copies per vector), "
+        f"{size(index_bytes(s3, response['collection']))} in S3"
     )
     phases = ", ".join(f"{k.removesuffix('_ms')} {v / 1000:.1f} s" for k, v in t.items() if k != "total_ms")
     print(f"build {t['total_ms'] / 1000:.1f} s ({phases}); wall time {wall:.1f} s incl. reading the source")
@@ -323,7 +325,7 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
     batches = -(-n // MAX_QUERY_VECTORS)
     section(f"Recall   {n:,} held-out queries, k={RECALL_K}, vs exact brute force (numpy, cosine)")
     exact = exact_neighbours(sample, RECALL_K)
-    rows_per_bucket = build["count"] / build["buckets"]
+    rows_per_bucket = build["stored_rows"] / build["buckets"]  # replicas included: they are read too
 
     def fraction(probes: int) -> float:
         return probes * rows_per_bucket / build["count"]

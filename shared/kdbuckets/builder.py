@@ -83,6 +83,7 @@ class BuildResult:
     buckets_written: int
     manifest_key: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    stored_rows: int = 0  # vectors stored, replicas included
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,9 @@ def build_index(
     )
     mkey = publish(store, manifest, expected_head)
     timings["total_ms"] = _ms(t0)
-    return BuildResult(collection_name, version, data.count, len(table), written, mkey, timings)
+    return BuildResult(
+        collection_name, version, data.count, len(table), written, mkey, timings, int(table.rows.sum())
+    )
 
 
 def publish(store: ObjectStore, manifest: Manifest, expected_head: str | None) -> str:

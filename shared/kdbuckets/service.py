@@ -39,6 +39,7 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
         "dim": data.dim,
         "buckets": result.buckets,
         "buckets_written": result.buckets_written,
+        "stored_rows": result.stored_rows,
         "manifest": store.prefix + result.manifest_key,
         "params": params.as_dict(),
         "timings_ms": timings,
