@@ -215,11 +215,22 @@ def publish(store: ObjectStore, manifest: Manifest, expected_head: str | None) -
         else:
             store.put(layout.head_key(manifest.collection), head, if_match=expected_head)
     except PreconditionFailed:
+        if _head_names(store, manifest):  # our swap landed; only its response was lost
+            return mkey
         raise Conflict(
             f"collection {manifest.collection!r} was published by another writer while this "
             f"build ran; version {manifest.version} was not published — retry the build"
         ) from None
     return mkey
+
+
+def _head_names(store: ObjectStore, manifest: Manifest) -> bool:
+    """Does HEAD already name ``manifest``? (A retried PUT whose first attempt succeeded.)"""
+    key = layout.head_key(manifest.collection)
+    try:
+        return decode_head(store.get(key)[0], key=key).version == manifest.version
+    except NotFound:
+        return False
 
 
 def new_version() -> str:

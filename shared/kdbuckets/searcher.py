@@ -230,8 +230,11 @@ class Searcher:
         if ranking not in RANKINGS:
             raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {ranking!r}")
         scores = bucket_scores(queries, manifest.buckets.centroids, manifest.tree, manifest.metric, ranking)
-        scores[:, manifest.buckets.rows == 0] = np.inf  # an emptied bucket is never worth a GET
-        return top_buckets(scores, probes)
+        empty = manifest.buckets.rows == 0
+        scores[:, empty] = np.inf  # an emptied bucket is never worth a GET...
+        return top_buckets(
+            scores, max(1, min(probes, int((~empty).sum())))
+        )  # ...even when probes exceed the rest
 
     # -- internals -------------------------------------------------------------------------
     def _run(self, collection: str, version: str | None, stats: QueryStats, started: float, work: Any) -> Any:

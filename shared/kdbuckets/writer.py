@@ -152,12 +152,18 @@ def _attempt(
     for b, edit in sorted(edits.items()):
         rows = _apply_edit(m, buckets[b], edit, vectors, upserts, up_keys, up_codes)
         parts = [(b, rows)]
-        if rows.count > split_limit:
-            halves = _split(rows, tree, b, next_bucket)
-            if halves is not None:
-                parts = [(b, halves[0]), (next_bucket, halves[1])]
-                moved.append((halves[1].keys, b, next_bucket))
-                next_bucket += 1
+        pending = [0] if rows.count > split_limit else []
+        while pending:  # split until no part exceeds the limit (a tight crowd may need several cuts)
+            i = pending.pop()
+            index, big = parts[i]
+            halves = _split(big, tree, index, next_bucket)
+            if halves is None:
+                continue
+            parts[i] = (index, halves[0])
+            parts.append((next_bucket, halves[1]))
+            moved.append((halves[1].keys, index, next_bucket))
+            next_bucket += 1
+            pending += [j for j in (i, len(parts) - 1) if parts[j][1].count > split_limit]
         for index, part in parts:
             body = _encode(m, part)
             new_buckets[index] = (body, part.keys, part.count)

@@ -155,7 +155,9 @@ QUERY_CASES = [
     pytest.param({"vectors": [[0.1, NAN, 0.3, 0.4]]}, InvalidRequest, "vectors[0]", id="nan"),
     pytest.param({"vectors": [[0.1, 0.2, 0.3, 0.4], [INF, 0, 0, 0]]}, InvalidRequest, "vectors[1]", id="inf"),
     pytest.param({"vectors": [[0.1, -INF, 0.3, 0.4]]}, InvalidRequest, "vectors[0]", id="minus-inf"),
-    pytest.param({"vectors": [[0.1, 1e39, 0.3, 0.4]]}, InvalidRequest, "vectors[0]", id="overflows-float32"),
+    pytest.param(
+        {"vectors": [[0.1, 1e39, 0.3, 0.4]]}, InvalidRequest, "vectors[0][1]", id="overflows-float32"
+    ),
     pytest.param({"vectors": [[0.1, 10**40, 0.3, 0.4]]}, InvalidRequest, "vectors[0][1]", id="huge-integer"),
     pytest.param({"vectors": []}, InvalidRequest, "vectors", id="empty-vector-list"),
     pytest.param({"vectors": [[]]}, InvalidRequest, "vectors[0]", id="empty-vector"),
@@ -315,7 +317,10 @@ BUILD_CASES = [
         {"source": with_item(4, vector=[INF, 0.1, 0.3, 0.4])}, InvalidRequest, "source.items[4]", id="inf"
     ),
     pytest.param(
-        {"source": with_item(5, vector=[1e39, 0.1, 0.3, 0.4])}, InvalidRequest, "source.items[5]", id="1e39"
+        {"source": with_item(5, vector=[1e39, 0.1, 0.3, 0.4])},
+        InvalidRequest,
+        "source.items[5].vector[0]",
+        id="1e39",
     ),
     pytest.param(
         {"source": with_item(1, vector=["a", 0.1, 0.3, 0.4])},

@@ -20,6 +20,7 @@ Two racing writes where one deletes the other's id end in one of the two serial 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -236,20 +237,23 @@ def test_racing_writers_lose_no_acknowledged_upsert_and_readers_see_whole_versio
 
 
 # --------------------------------------------------------------------------- delete vs upsert
-class HoldHeadSwaps:
-    """Holds each thread's first PUT of HEAD until ``parties`` threads have arrived.
+class HoldFirst:
+    """Holds each thread's first request whose path ends with ``suffix`` until ``parties``
+    threads have arrived (a ``before-call.s3`` hook); later requests pass straight through.
 
-    Both writers have then read the same HEAD and built their manifests on it, so their
-    compare-and-swaps truly race; later attempts (after a lost swap) pass straight through.
+    Holding the first PUT of HEAD makes two writers' compare-and-swaps truly race: both have
+    read the same HEAD and built their manifests on it. Holding the first GET of an id shard
+    makes both writers read the same version before either can publish.
     """
 
-    def __init__(self, parties: int) -> None:
+    def __init__(self, parties: int, suffix: str) -> None:
         self.barrier = threading.Barrier(parties, timeout=BARRIER_TIMEOUT)
+        self.suffix = suffix
         self.held: set[int] = set()
         self.lock = threading.Lock()
 
     def __call__(self, params: dict[str, Any], **kwargs: Any) -> None:
-        if not params["url_path"].endswith("/HEAD"):
+        if not re.search(self.suffix, params["url_path"]):
             return
         me = threading.get_ident()
         with self.lock:
@@ -285,13 +289,15 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
 ) -> None:
     store = ObjectStore(local.INDEX_BUCKET)
     vectors, ids = _vectors(7, 120), np.array([f"doc-{i}" for i in range(120)])
-    build_index(
+    built = build_index(
         store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
-    )
+    ).version
     target = "doc-5" if exists else "doc-new"
     new_vector = _vectors(8, 1)[0]
-    hold = HoldHeadSwaps(2)
-    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register("before-call.s3.PutObject", hold)
+    # Both writers read the same version (held at their first id-shard GET) before either
+    # can publish.
+    hold = HoldFirst(2, r"/ids/[0-9a-f]+$")
+    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register("before-call.s3.GetObject", hold)
 
     upsert_event = {
         "collection": COLLECTION,
@@ -303,24 +309,26 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
         lambda: service.write(upsert_event, store), lambda: service.write(delete_event, store)
     )
 
-    # Both swaps raced from the same HEAD: exactly one won at once, the other redid its write.
-    assert sorted([upserted["attempts"], deleted["attempts"]]) == [1, 2]
-    upsert_first = upserted["attempts"] == 1
+    if exists:  # both swaps raced from the same HEAD: one won at once, the other redid its write
+        assert sorted([upserted["attempts"], deleted["attempts"]]) == [1, 2]
+        upsert_first = upserted["attempts"] == 1
+    else:  # the delete found nothing to delete in the version it read: it published nothing
+        assert (deleted["deleted"], deleted["not_found"], deleted["version"]) == (0, 1, built)
+        assert (deleted["attempts"], upserted["attempts"]) == (1, 1)
+        upsert_first = False
     result = Searcher(store).search(COLLECTION, new_vector[None, :], k=1, probes=4096)
     if upsert_first:  # upsert, then delete: the id is gone
         assert deleted["deleted"] == 1
         assert result.ids[0][0] != target
-        assert deleted["count"] == len(ids) - exists
-        assert _head_manifest(store).count == len(ids) - exists
+        assert deleted["count"] == _head_manifest(store).count == len(ids) - exists
     else:  # delete, then upsert: the id holds the upserted vector
-        assert (deleted["deleted"], deleted["not_found"]) == (int(exists), int(not exists))
         assert result.ids[0][0] == target
         assert result.distances[0, 0] < 1e-6
-        assert _head_manifest(store).count == len(ids) + (not exists)
+        assert upserted["count"] == _head_manifest(store).count == len(ids) + (not exists)
     assert _parent_chain(store)[:2] == (
         [deleted["version"], upserted["version"]]
         if upsert_first
-        else [upserted["version"], deleted["version"]]
+        else [upserted["version"], deleted["version"] if exists else built]
     )
     expected = [i for i in ids.tolist() if i != target] + ([] if upsert_first else [target])
     _assert_complete(store, _head_manifest(store), np.array(expected))
@@ -333,7 +341,7 @@ def test_compaction_racing_a_write_never_undoes_it(serial_moto_server: Any) -> N
         store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
     )
     new_vector = _vectors(10, 1)
-    hold = HoldHeadSwaps(2)
+    hold = HoldFirst(2, r"/HEAD$")
     storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register("before-call.s3.PutObject", hold)
 
     def compact() -> dict[str, Any]:

@@ -588,13 +588,6 @@ def test_upsert_whose_head_swap_response_is_lost_is_still_acknowledged_correctly
     assert_write_landed(live, UPSERT, response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a delete whose HEAD swap was applied but whose response was lost is redone on its "
-        "own new version and reports deleted=0, not_found=1 for an id it did delete"
-    ),
-)
 def test_delete_whose_head_swap_response_is_lost_reports_the_id_as_deleted(live: Live) -> None:
     live.inject(HeadSwapResponseLost(live.s3))
 
@@ -604,14 +597,6 @@ def test_delete_whose_head_swap_response_is_lost_reports_the_id_as_deleted(live:
     assert_write_landed(live, DELETE, response)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: builder.publish maps a failed If-Match on HEAD to Conflict without checking "
-        "whether HEAD already names its own manifest, so a build whose swap was applied but "
-        "whose response was lost is reported as not published"
-    ),
-)
 def test_rebuild_whose_head_swap_response_is_lost_is_reported_as_published(live: Live) -> None:
     live.inject(HeadSwapResponseLost(live.s3))
 
