@@ -308,6 +308,7 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
     upserted, deleted = _run_together(
         lambda: service.write(upsert_event, store), lambda: service.write(delete_event, store)
     )
+    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.unregister("before-call.s3.GetObject", hold)
 
     if exists:  # both swaps raced from the same HEAD: one won at once, the other redid its write
         assert sorted([upserted["attempts"], deleted["attempts"]]) == [1, 2]
@@ -355,6 +356,7 @@ def test_compaction_racing_a_write_never_undoes_it(serial_moto_server: Any) -> N
         return writer.write(store, COLLECTION, upserts=upserts).as_dict()
 
     compacted, upserted = _run_together(compact, upsert)
+    storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.unregister("before-call.s3.PutObject", hold)
 
     chain = _parent_chain(store)
     assert chain[0] == upserted["version"]  # the write is live, whoever swapped first

@@ -624,7 +624,7 @@ def test_compact_after_many_skewed_writes_restores_balance(handlers: Handlers) -
 )
 def test_compact_of_a_refined_collection_after_skewed_writes_restores_balance(handlers: Handlers) -> None:
     described = _skewed(handlers, {})
-    assert described[-1]["bucket_rows"]["max"] > 2 * SKEW_BUCKET_SIZE
+    assert described[-1]["bucket_rows"]["max"] > SKEW_BUCKET_SIZE  # the writes did skew it
 
     compacted = handlers.run_write({"collection": "skew", "operation": "compact"})
 
