@@ -616,8 +616,9 @@ def test_compact_after_many_skewed_writes_restores_balance(handlers: Handlers) -
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG: with the default refine=10 and replicate=0.25, compaction is a Lloyd-refined "
-        "rebuild with border vectors stored twice; neither bounds a bucket's rows, so after "
+        "KNOWN LIMITATION (README, Limits): with the default refine=10 and replicate=0.25, "
+        "compaction is a Lloyd-refined rebuild with border vectors stored twice; "
+        "neither bounds a bucket's rows, so after "
         "these skewed writes compact leaves a 54-row bucket (bucket_size 20, writes split at "
         "40) — balance is not restored (with refine=0, replicate=0 every bucket is back <= 20)"
     ),
