@@ -328,7 +328,8 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
     rows_per_bucket = build["stored_rows"] / build["buckets"]  # replicas included: they are read too
 
     def fraction(probes: int) -> float:
-        return probes * rows_per_bucket / build["count"]
+        # a query never reads more than every bucket, whatever it asked for
+        return min(probes, build["buckets"]) * rows_per_bucket / build["count"]
 
     default = run_held_out(query, sample, exact, None)
     print(
