@@ -1,4 +1,4 @@
-"""Event-shaped entry points shared by the Lambda handlers, the CLI and the demo.
+"""Event-shaped entry points shared by the Lambda handlers, the CLI (`python -m kdbuckets`) and the demo.
 
 Each takes a decoded JSON event and returns a JSON-ready response (DESIGN.md §4), so every
 front end behaves identically. Nothing here knows about Lambda or reads the environment.

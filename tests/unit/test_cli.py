@@ -1,0 +1,31 @@
+"""`python -m kdbuckets` runs the committed events through the same service as the handlers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdbuckets.__main__ import main
+from kdbuckets.storage import ObjectStore
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def test_build_then_query_prints_json_responses(
+    s3_store: ObjectStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build", str(EVENTS / "build_inline.json"), "--bucket", s3_store.bucket]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert main(["query", str(EVENTS / "query_tiny.json"), "--bucket", s3_store.bucket]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["version"] == built["version"]
+    assert found["results"][0][0]["label"] == "sports"
+
+
+def test_an_invalid_event_exits_1_with_the_error_named(
+    s3_store: ObjectStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", str(EVENTS / "bad_query_unknown_mode.json"), "--bucket", s3_store.bucket]) == 1
+    assert capsys.readouterr().err.startswith("InvalidRequest: mode")
