@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.datasets import Dataset, synthetic_clustered, wordnet
 from bench.s3sim import LatencyModel
-from kdbuckets import BuildParams, ObjectStore, Searcher, build_index, make_collection, metrics
+from kdbuckets import BuildParams, ObjectStore, Searcher, build_index, distances, make_collection
 from kdbuckets.ranking import bucket_scores, top_buckets
 
 K = 10
@@ -90,14 +90,14 @@ class Curve:
 # ---------------------------------------------------------------------------- ground truth
 def brute_force(ds: Dataset) -> tuple[np.ndarray, float]:
     """Exact top-K row ids per query (nq, K) and the ms per query it took (numpy)."""
-    x = metrics.prepare(ds.vectors, ds.metric)
-    q = metrics.prepare(ds.queries, ds.metric)
+    x = distances.prepare(ds.vectors, ds.metric)
+    q = distances.prepare(ds.queries, ds.metric)
     started = time.perf_counter()
     best_d = np.full((len(q), K), np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), K), dtype=np.int64)
     for start in range(0, len(x), 100_000):
         block = x[start : start + 100_000]
-        d = metrics.pairwise(q, block, ds.metric)
+        d = distances.pairwise(q, block, ds.metric)
         cand_d = np.concatenate([best_d, d], axis=1)
         cand_i = np.concatenate(
             [best_i, np.broadcast_to(np.arange(start, start + len(block)), d.shape)], axis=1
@@ -141,7 +141,7 @@ def measure_kdbuckets(
     searcher = Searcher(store, cache_bytes=8 << 30)
     manifest = searcher.manifest(slug)
     rows, sizes = manifest.buckets.rows, manifest.buckets.sizes
-    q = metrics.prepare(ds.queries, ds.metric)
+    q = distances.prepare(ds.queries, ds.metric)
     scores = bucket_scores(
         q, manifest.buckets.centroids, manifest.tree, ds.metric, manifest.params["ranking"]
     )
@@ -202,8 +202,8 @@ def measure_faiss(ds: Dataset, nlist: int, truth: np.ndarray) -> dict[str, Any]:
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    x = metrics.prepare(ds.vectors, ds.metric)
-    q = metrics.prepare(ds.queries, ds.metric)
+    x = distances.prepare(ds.vectors, ds.metric)
+    q = distances.prepare(ds.queries, ds.metric)
     d = x.shape[1]
     quantizer = faiss.IndexFlatL2(d) if ds.metric != "ip" else faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(

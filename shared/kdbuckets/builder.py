@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layout, metrics
+from . import distances, layout
 from .bucket import IdColumn, dedup_keys, encode_bucket
 from .calibration import calibrate
 from .codec import fingerprint
@@ -61,8 +61,8 @@ class BuildParams:
             raise InvalidRequest("replicate", f"must be a fraction between 0 and 1, got {self.replicate}")
         if self.ranking not in RANKINGS:
             raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {self.ranking!r}")
-        if self.metric not in metrics.METRICS:
-            raise InvalidRequest("metric", f"must be one of {list(metrics.METRICS)}, got {self.metric!r}")
+        if self.metric not in distances.METRICS:
+            raise InvalidRequest("metric", f"must be one of {list(distances.METRICS)}, got {self.metric!r}")
         if self.split not in SPLIT_RULES:
             raise InvalidRequest("split", f"must be one of {list(SPLIT_RULES)}, got {self.split!r}")
         if self.projection not in PROJECTIONS:
@@ -142,7 +142,7 @@ def build_index(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     expected_head, parent = expected_head or _current_head(store, collection_name)
-    vectors = metrics.prepare(data.vectors, params.metric)
+    vectors = distances.prepare(data.vectors, params.metric)
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)
 
@@ -252,10 +252,8 @@ def _encode_buckets(
     vectors: np.ndarray, data: Collection, part: Partition, params: BuildParams
 ) -> tuple[list[bytes], BucketTable]:
     bodies: list[bytes] = []
-    nb = len(part.leaf_rows)
-    radii = np.zeros(nb, dtype=np.float32)
     keys = dedup_keys(data.ids) if params.replicate > 0 else None
-    for b, rows in enumerate(part.leaf_rows):
+    for rows in part.leaf_rows:
         members = vectors[rows]
         labels = None if data.label_codes is None else data.label_codes[rows]
         ids = IdColumn.from_values(data.ids[rows])
@@ -274,14 +272,11 @@ def _encode_buckets(
                 metadata=meta,
             )
         )
-        if len(rows):
-            radii[b] = np.sqrt(np.square(members - part.centroids[b]).sum(axis=1).max())
     table = BucketTable(
         fingerprints=[fingerprint(body) for body in bodies],
         sizes=np.array([len(body) for body in bodies], dtype=np.int64),
         rows=np.array([len(rows) for rows in part.leaf_rows], dtype=np.int64),
         centroids=part.centroids,
-        radii=radii,
     )
     return bodies, table
 

@@ -1,7 +1,7 @@
 """The index manifest (immutable, one per version) and the HEAD pointer (mutable, tiny).
 
 A manifest carries everything a query needs before it touches a bucket: dimension, metric,
-build parameters, the tree, and the bucket table (fingerprint, size, rows, centroid, radius
+build parameters, the tree, and the bucket table (fingerprint, size, rows, centroid
 per bucket) — so a query knows exactly which objects to GET and how large they are. HEAD is a
 small JSON document naming the live version and the SHA-256 of its manifest, so a swapped or
 damaged manifest is detected before it is used.
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from . import codec
+from .distances import METRICS
 from .errors import CorruptObject
-from .metrics import METRICS
 from .tree import Tree
 
 FORMAT = "kdbuckets/manifest"
@@ -35,15 +35,13 @@ class BucketTable:
 
     fingerprints : SHA-256 hex of each bucket object (its key).
     sizes, rows : (nb,) int64 bytes and vectors per bucket.
-    centroids : (nb, d) float32 mean of each bucket's stored vectors.
-    radii : (nb,) float32 largest distance from the centroid to a member (l2 in stored space).
+    centroids : (nb, d) float32 routing centroid of each bucket (what queries rank by).
     """
 
     fingerprints: list[str]
     sizes: np.ndarray
     rows: np.ndarray
     centroids: np.ndarray
-    radii: np.ndarray
 
     def __len__(self) -> int:
         return len(self.fingerprints)
@@ -106,7 +104,6 @@ def encode_manifest(m: Manifest) -> bytes:
                 "sizes": codec.pack_array(b.sizes.astype("<i8")),
                 "rows": codec.pack_array(b.rows.astype("<i8")),
                 "centroids": codec.pack_array(b.centroids.astype("<f4")),
-                "radii": codec.pack_array(b.radii.astype("<f4")),
             },
             "extra": m.extra,
             "id_shards": list(m.id_shards),
@@ -146,7 +143,6 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         sizes=arr(bnode, "sizes", "<i8", 1),
         rows=arr(bnode, "rows", "<i8", 1),
         centroids=arr(bnode, "centroids", "<f4", 2),
-        radii=arr(bnode, "radii", "<f4", 1),
     )
     _check_consistency(key, dim, tree, table)
     if not isinstance(obj.get("extra") or {}, dict) or not isinstance(obj.get("parent") or "", str):
@@ -212,7 +208,7 @@ def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> No
         or sorted(tree.node_leaf[~internal].tolist()) != list(range(nb))
     ):
         raise CorruptObject(key, "tree structure is inconsistent with its bucket table")
-    for name, a in (("sizes", table.sizes), ("rows", table.rows), ("radii", table.radii)):
+    for name, a in (("sizes", table.sizes), ("rows", table.rows)):
         if a.shape != (nb,):
             raise CorruptObject(key, f"bucket {name} have {a.shape[0]} entries, expected {nb}")
     if table.centroids.shape != (nb, dim):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layout, metrics
+from . import distances, layout
 from .bucket import Bucket, decode_bucket
 from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
@@ -394,7 +394,7 @@ class Searcher:
                 raise InvalidRequest(
                     f"vectors[{int(np.argmax(zero))}]", "is all zeros; cosine needs a nonzero vector"
                 )
-        return metrics.prepare(queries, manifest.metric)
+        return distances.prepare(queries, manifest.metric)
 
     def _fetch(
         self, manifest: Manifest, needed: np.ndarray, stats: QueryStats, accumulate: bool = False
@@ -457,7 +457,7 @@ def _exact_top_k(
         if bucket.count == 0 or qi.size == 0:
             continue
         slot = np.argmax(hit[qi], axis=1)
-        d = metrics.pairwise(
+        d = distances.pairwise(
             queries[qi],
             bucket.vectors,
             manifest.metric,
@@ -500,19 +500,19 @@ def _exact_top_k(
         if bucket.metadata is not None:
             for (qi, j), record in zip(where, bucket.metadata.take(rows), strict=True):
                 meta[qi][j] = record
-    distances = np.where(valid, metrics.exact(queries, neighbours, manifest.metric), np.inf)
-    resort = np.lexsort((np.where(valid, refs, np.iinfo(np.int64).max), distances), axis=-1)
-    distances = np.take_along_axis(distances, resort, axis=1)
+    dist = np.where(valid, distances.exact(queries, neighbours, manifest.metric), np.inf)
+    resort = np.lexsort((np.where(valid, refs, np.iinfo(np.int64).max), dist), axis=-1)
+    dist = np.take_along_axis(dist, resort, axis=1)
     label_codes = np.take_along_axis(label_codes, resort, axis=1)
     ids = [[row[j] for j in perm] for row, perm in zip(ids, resort.tolist(), strict=True)]
     meta = [[row[j] for j in perm] for row, perm in zip(meta, resort.tolist(), strict=True)]
     if refs.shape[1] < k:  # fewer candidates than k in the whole probe set
         pad = k - refs.shape[1]
-        distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
         label_codes = np.pad(label_codes, ((0, 0), (0, pad)), constant_values=-1)
         ids = [row + [None] * pad for row in ids]
         meta = [row + [None] * pad for row in meta]
-    return SearchResult(manifest.version, distances, ids, label_codes, manifest.label_names, metadata=meta)
+    return SearchResult(manifest.version, dist, ids, label_codes, manifest.label_names, metadata=meta)
 
 
 def _merge_rows(base: SearchResult, part: SearchResult, rows: np.ndarray) -> SearchResult:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layout, metrics
+from . import distances, layout
 from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
 from .builder import BuildParams, BuildResult, build_index, new_version, publish
 from .codec import fingerprint
@@ -181,7 +181,6 @@ def _attempt(
     fingerprints = list(m.buckets.fingerprints) + [""] * (next_bucket - m.n_buckets)
     sizes = np.concatenate([m.buckets.sizes, np.zeros(next_bucket - m.n_buckets, np.int64)])
     counts = np.concatenate([m.buckets.rows, np.zeros(next_bucket - m.n_buckets, np.int64)])
-    radii = np.concatenate([m.buckets.radii, np.zeros(next_bucket - m.n_buckets, np.float32)])
     uploads: list[tuple[str, bytes]] = []
     for index, (body, _, count) in new_buckets.items():
         fp = fingerprint(body)
@@ -209,8 +208,8 @@ def _attempt(
         label_names=label_names,
         params=m.params,
         tree=tree.freeze(),
-        buckets=BucketTable(fingerprints, sizes, counts, centroids, radii),
-        extra={**m.extra, "writes_since_build": int(m.extra.get("writes_since_build", 0)) + 1},
+        buckets=BucketTable(fingerprints, sizes, counts, centroids),
+        extra=m.extra,
         id_shards=id_shards,
     )
     publish(store, manifest, snap.etag)
@@ -256,7 +255,7 @@ def _prepare_upserts(
                 names.append(name)
         table = np.array([lookup[n] for n in upserts.label_names or []], dtype=np.int32)
         codes = table[upserts.label_codes]
-    return metrics.prepare(upserts.vectors, m.metric), keys, names, codes
+    return distances.prepare(upserts.vectors, m.metric), keys, names, codes
 
 
 def _keys_for(m: Manifest, ids: np.ndarray, field_name: str) -> np.ndarray:

@@ -41,13 +41,6 @@ def make_manifest(**overrides: Any) -> Manifest:
         sizes=np.array([len(b) for b in bodies], dtype=np.int64),
         rows=np.array([len(r) for r in part.leaf_rows], dtype=np.int64),
         centroids=centroids,
-        radii=np.array(
-            [
-                np.linalg.norm(vectors[r] - c, axis=1).max()
-                for r, c in zip(part.leaf_rows, centroids, strict=True)
-            ],
-            dtype=np.float32,
-        ),
     )
     fields: dict[str, Any] = {
         "collection": "docs",
@@ -87,7 +80,7 @@ def test_manifest_round_trips_every_field() -> None:
     for name in ("planes", "node_plane", "threshold", "left", "right", "node_leaf"):
         assert np.array_equal(getattr(back.tree, name), getattr(m.tree, name)), name
     assert back.buckets.fingerprints == m.buckets.fingerprints
-    for name in ("sizes", "rows", "centroids", "radii"):
+    for name in ("sizes", "rows", "centroids"):
         assert np.array_equal(getattr(back.buckets, name), getattr(m.buckets, name)), name
     assert back.n_buckets == m.n_buckets > 4
     assert encode_manifest(back) == encode_manifest(m)
@@ -173,7 +166,6 @@ def _assign(array: np.ndarray, index: int, value: int) -> np.ndarray:
         (_tree_array("planes", lambda a: a.ravel()), "invalid shape"),
         (_bucket_array("rows", lambda a: a[:-1]), "bucket rows"),
         (_bucket_array("sizes", lambda a: np.append(a, 1)), "bucket sizes"),
-        (_bucket_array("radii", lambda a: a[:1]), "bucket radii"),
         (_bucket_array("centroids", lambda a: a[:, :3]), "centroids"),
         (_bucket_array("centroids", lambda a: a.astype(np.float16)), "unexpected dtype"),
     ],

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kdbuckets import metrics, storage
+from kdbuckets import distances, storage
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.calibration import probes_for
 from kdbuckets.collection import make_collection
@@ -59,7 +59,7 @@ def test_default_query_aims_at_recall_095_and_reaches_it_on_held_out_points(inde
     store, vectors = index
     queries = clustered(4000 + HELD_OUT, 12, seed=3)[4000:]  # same distribution, not indexed
     result = Searcher(store).search("lat", queries, k=10)
-    truth = brute(metrics.prepare(vectors, "l2"), queries, 10)
+    truth = brute(distances.prepare(vectors, "l2"), queries, 10)
     found = np.array(result.ids)
     recall = float(
         np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found.tolist(), truth.tolist(), strict=True)])

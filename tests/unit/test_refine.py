@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdbuckets import metrics
+from kdbuckets import distances
 from kdbuckets.builder import BuildParams, partition
 from kdbuckets.calibration import calibrate, probes_for
 from kdbuckets.ranking import bucket_positions, bucket_scores
@@ -108,7 +108,7 @@ def test_partition_with_replication_stores_each_vector_once_or_twice() -> None:
 
 
 def test_calibration_curve_rises_to_one_and_matches_a_direct_measurement() -> None:
-    vectors = metrics.prepare(clustered(3000, 8, seed=9), "l2")
+    vectors = distances.prepare(clustered(3000, 8, seed=9), "l2")
     part = partition(vectors, BuildParams(metric="l2", bucket_size=150))
     curve = calibrate(vectors, part, "l2", "centroid", seed=0)["recall"]
     assert curve == sorted(curve)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from kdbuckets import metrics
+from kdbuckets import distances
 from kdbuckets.builder import BuildParams, BuildResult, build_index
 from kdbuckets.collection import make_collection
 from kdbuckets.errors import CollectionNotFound, CorruptObject, InvalidRequest
@@ -48,8 +48,8 @@ def brute_force(
     vectors: np.ndarray, queries: np.ndarray, metric: str, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (nq, k) and float64 distances of the true k nearest neighbours."""
-    v = metrics.prepare(vectors, metric).astype(np.float64)
-    q = metrics.prepare(queries, metric).astype(np.float64)
+    v = distances.prepare(vectors, metric).astype(np.float64)
+    q = distances.prepare(queries, metric).astype(np.float64)
     if metric == "l2":
         d = np.sqrt(np.maximum((q**2).sum(1)[:, None] - 2 * q @ v.T + (v**2).sum(1)[None, :], 0.0))
     else:

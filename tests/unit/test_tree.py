@@ -68,7 +68,6 @@ def manifest_bytes(vectors: np.ndarray, params: BuildParams) -> bytes:
         sizes=np.array([len(b) for b in bodies], dtype=np.int64),
         rows=np.array([len(r) for r in part.leaf_rows], dtype=np.int64),
         centroids=np.stack([vectors[r].mean(axis=0) for r in part.leaf_rows]).astype(np.float32),
-        radii=np.zeros(len(bodies), dtype=np.float32),
     )
     manifest = Manifest(
         collection="c",

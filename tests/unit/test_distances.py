@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdbuckets import metrics
+from kdbuckets import distances
 
 RNG = np.random.default_rng(42)
 Q = RNG.normal(size=(7, 16)).astype(np.float32) * 3
@@ -25,30 +25,30 @@ def reference(q: np.ndarray, v: np.ndarray, metric: str) -> np.ndarray:
 
 
 def test_metrics_are_the_three_documented_ones() -> None:
-    assert metrics.METRICS == ("cosine", "l2", "ip")
+    assert distances.METRICS == ("cosine", "l2", "ip")
 
 
 def test_prepare_normalises_rows_for_cosine_only() -> None:
-    cos = metrics.prepare(V, "cosine")
+    cos = distances.prepare(V, "cosine")
     assert cos.dtype == np.float32
     assert cos.flags.c_contiguous
     assert np.allclose(np.linalg.norm(cos.astype(np.float64), axis=1), 1.0, atol=1e-6)
     assert np.allclose(cos * np.linalg.norm(V, axis=1, keepdims=True), V, atol=1e-5)
     for metric in ("l2", "ip"):
-        assert np.array_equal(metrics.prepare(V, metric), V)
+        assert np.array_equal(distances.prepare(V, metric), V)
 
 
 def test_prepare_converts_to_contiguous_float32() -> None:
-    out = metrics.prepare(np.asfortranarray(V.astype(np.float64)), "l2")
+    out = distances.prepare(np.asfortranarray(V.astype(np.float64)), "l2")
     assert out.dtype == np.float32
     assert out.flags.c_contiguous
     assert np.allclose(out, V)
 
 
-@pytest.mark.parametrize("metric", metrics.METRICS)
+@pytest.mark.parametrize("metric", distances.METRICS)
 def test_pairwise_ranks_like_the_float64_reference(metric: str) -> None:
-    q, v = metrics.prepare(Q, metric), metrics.prepare(V, metric)
-    got = metrics.pairwise(q, v, metric).astype(np.float64)
+    q, v = distances.prepare(Q, metric), distances.prepare(V, metric)
+    got = distances.pairwise(q, v, metric).astype(np.float64)
     want = reference(Q, V, metric)
     if metric == "l2":
         want = want**2  # pairwise returns squared l2 (monotone; used for selection only)
@@ -59,17 +59,17 @@ def test_pairwise_ranks_like_the_float64_reference(metric: str) -> None:
 
 def test_pairwise_l2_accepts_precomputed_norms_and_never_goes_negative() -> None:
     sq = np.einsum("ij,ij->i", V, V)
-    assert np.array_equal(metrics.pairwise(Q, V, "l2", sq), metrics.pairwise(Q, V, "l2"))
-    same = metrics.pairwise(V[:5], V[:5], "l2")
+    assert np.array_equal(distances.pairwise(Q, V, "l2", sq), distances.pairwise(Q, V, "l2"))
+    same = distances.pairwise(V[:5], V[:5], "l2")
     assert np.all(same >= 0.0)
     assert np.allclose(np.diag(same), 0.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("metric", metrics.METRICS)
+@pytest.mark.parametrize("metric", distances.METRICS)
 def test_exact_equals_the_float64_reference(metric: str) -> None:
-    q, v = metrics.prepare(Q, metric), metrics.prepare(V, metric)
+    q, v = distances.prepare(Q, metric), distances.prepare(V, metric)
     picks = RNG.integers(0, 40, size=(7, 5))
-    got = metrics.exact(q, v[picks], metric)
+    got = distances.exact(q, v[picks], metric)
     want = np.take_along_axis(reference(Q, V, metric), picks, axis=1)
     assert got.dtype == np.float64
     assert got.shape == (7, 5)
@@ -79,19 +79,19 @@ def test_exact_equals_the_float64_reference(metric: str) -> None:
 def test_smaller_is_closer_for_every_metric() -> None:
     q = np.array([[1.0, 0.0]], np.float32)
     v = np.array([[2.0, 0.1], [-1.0, 0.0]], np.float32)
-    for metric in metrics.METRICS:
-        d = metrics.exact(metrics.prepare(q, metric), metrics.prepare(v, metric)[None], metric)[0]
+    for metric in distances.METRICS:
+        d = distances.exact(distances.prepare(q, metric), distances.prepare(v, metric)[None], metric)[0]
         assert d[0] < d[1], metric
 
 
 def test_exact_distances_of_a_vector_to_itself() -> None:
-    v = metrics.prepare(V[:3], "cosine")
-    assert np.allclose(metrics.exact(v, v[:, None, :], "cosine"), 0.0, atol=1e-6)
-    assert np.array_equal(metrics.exact(V[:3], V[:3, None, :], "l2"), np.zeros((3, 1)))
+    v = distances.prepare(V[:3], "cosine")
+    assert np.allclose(distances.exact(v, v[:, None, :], "cosine"), 0.0, atol=1e-6)
+    assert np.array_equal(distances.exact(V[:3], V[:3, None, :], "l2"), np.zeros((3, 1)))
 
 
 def test_cosine_distance_of_a_vector_to_itself_is_never_negative() -> None:
-    v = metrics.prepare(RNG.normal(size=(200, 384)).astype(np.float32), "cosine")
-    d = metrics.exact(v, v[:, None, :], "cosine")
+    v = distances.prepare(RNG.normal(size=(200, 384)).astype(np.float32), "cosine")
+    d = distances.exact(v, v[:, None, :], "cosine")
     assert np.all(d >= 0.0)
     assert np.all(d < 1e-6)
