@@ -52,7 +52,21 @@ class Conflict(KdBucketsError):
 
 
 class StorageError(KdBucketsError, OSError):
-    """The object store failed in a way retries did not cure."""
+    """The object store failed in a way retries did not cure.
+
+    ``bucket`` and ``key`` name the object (full S3 key, prefix included) when there is one,
+    so callers report it without parsing the message.
+    """
+
+    def __init__(self, message: str, *, bucket: str | None = None, key: str | None = None) -> None:
+        self.bucket = bucket
+        self.key = key
+        super().__init__(message)
+
+    @property
+    def uri(self) -> str | None:
+        """``s3://bucket/key`` of the object concerned, if any."""
+        return None if self.bucket is None or self.key is None else f"s3://{self.bucket}/{self.key}"
 
 
 class SourceError(InvalidRequest):

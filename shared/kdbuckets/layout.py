@@ -12,6 +12,9 @@ import re
 from .errors import InvalidRequest
 
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Version ids: 1-64 ASCII letters, digits, '.', '_' or '-' (``new_version`` makes sortable ones).
+VERSION_PATTERN = r"^[0-9A-Za-z._-]{1,64}$"
+_VERSION = re.compile(VERSION_PATTERN, re.ASCII)
 
 
 def check_collection(name: object, field: str = "collection") -> str:
@@ -25,6 +28,17 @@ def check_collection(name: object, field: str = "collection") -> str:
             f"letter or digit (got {name[:80]!r})",
         )
     return name
+
+
+def check_version(value: object, field: str = "version") -> str:
+    """Return ``value`` if it is a well-formed version id (the one rule, used everywhere)."""
+    if not isinstance(value, str) or not _VERSION.fullmatch(value):
+        raise InvalidRequest(field, f"is not a valid version id: {str(value)[:80]!r}")
+    return value
+
+
+def is_version(value: object) -> bool:
+    return isinstance(value, str) and _VERSION.fullmatch(value) is not None
 
 
 def head_key(collection: str) -> str:

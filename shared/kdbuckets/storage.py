@@ -170,7 +170,9 @@ class ObjectStore:
                 if attempt == BODY_ATTEMPTS:
                     where = f"s3://{bucket}/{key}"
                     raise StorageError(
-                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})"
+                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})",
+                        bucket=bucket,
+                        key=key,
                     ) from exc
                 time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
             except _BOTO_ERRORS as exc:
@@ -261,7 +263,11 @@ class ObjectStore:
                 raise _translate(exc, self.bucket, batch[0]["Key"]) from exc
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise StorageError(f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Code')}")
+                raise StorageError(
+                    f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Code')}",
+                    bucket=self.bucket,
+                    key=first["Key"],
+                )
             deleted += len(batch)
         return deleted
 
@@ -289,10 +295,11 @@ def _translate(exc: Exception, bucket: str, key: str) -> StorageError:
     status = _status(exc)
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if status else ""
     where = f"s3://{bucket}/{key}"
+    named = {"bucket": bucket, "key": key}
     if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound"):
-        return NotFound(f"{where} does not exist")
+        return NotFound(f"{where} does not exist", **named)
     if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-        return PreconditionFailed(f"conditional write to {where} lost ({code or status})")
+        return PreconditionFailed(f"conditional write to {where} lost ({code or status})", **named)
     if status == 403:
-        return StorageError(f"access denied to {where}")
-    return StorageError(f"S3 request for {where} failed: {type(exc).__name__}: {code or exc}")
+        return StorageError(f"access denied to {where}", **named)
+    return StorageError(f"S3 request for {where} failed: {type(exc).__name__}: {code or exc}", **named)
