@@ -137,7 +137,7 @@ def measure_kdbuckets(
 ) -> dict[str, Any]:
     params = BuildParams(metric=ds.metric, **variant.params)
     data = make_collection(ds.vectors, None, ds.labels, metric=ds.metric)
-    build = build_index(store, slug, data, params)
+    build = build_index(store, slug, data, params, replace=True)
     searcher = Searcher(store, cache_bytes=8 << 30)
     manifest = searcher.manifest(slug)
     rows, sizes = manifest.buckets.rows, manifest.buckets.sizes

@@ -17,7 +17,8 @@ from .errors import (
 )
 from .searcher import Classification, QueryStats, Searcher, SearchResult
 from .storage import ObjectStore
-from .versions import GcReport, VersionInfo, collect_garbage, describe_version, list_versions, rollback
+from .gc import GcReport, collect_garbage
+from .versions import VersionInfo, describe_version, list_versions, rollback
 
 __all__ = [
     "BuildParams",

@@ -1,36 +1,35 @@
 """Build a collection's index and publish it atomically.
 
-Publishing is the heart of the storage contract: write every bucket (content-addressed,
-``If-None-Match: *``), then the manifest (``If-None-Match: *``), then swap ``HEAD`` with a
-conditional write on the ETag read before the build started. Until that last request
-succeeds nothing new is reachable from ``HEAD``, so a build that dies midway leaves readers on
-the previous version, and two racing builds cannot both win.
+A build validates nothing itself (its input is a validated :class:`Collection`), partitions
+the vectors (:mod:`kdbuckets.partition`), encodes every bucket, calibrates recall, uploads the
+buckets and id-directory shards content-addressed, and publishes through the catalog: the
+manifest, then a compare-and-swap of ``HEAD``. Until that swap nothing new is reachable, so a
+build that dies midway leaves readers on the previous version and two racing builds cannot
+both win. Building over an existing collection is a deliberate act (``replace`` or
+``expected_version``), never an accident.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from . import distances, layout
+from . import catalog, distances, layout
 from .bucket import IdColumn, dedup_keys, encode_bucket
 from .calibration import calibrate
 from .codec import fingerprint
 from .collection import Collection
 from .directory import build_shards, encode_shard, shard_count
 from .errors import Conflict, InvalidRequest
-from .manifest import BucketTable, Manifest, decode_head, encode_head, encode_manifest
+from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
-from .projection import fit_pca
+from .partition import Partition, partition
 from .ranking import RANKINGS
-from .refine import lloyd, spill
-from .storage import NotFound, ObjectStore, PreconditionFailed
-from .tree import SPLIT_RULES, Tree, build_tree, with_basis
+from .storage import ObjectStore
+from .tree import SPLIT_RULES
 
 PROJECTIONS = ("none", "pca")
 DTYPES = ("float32", "float16")
@@ -86,62 +85,29 @@ class BuildResult:
     stored_rows: int = 0  # vectors stored, replicas included
 
 
-@dataclass(frozen=True)
-class Partition:
-    """How the collection is split into buckets (bucket ``b`` is tree leaf ``b``).
-
-    leaf_rows : rows stored in each bucket (primary members first, then spilled copies).
-    centroids : (nb, d) routing centroid of each bucket (mean of its primary members).
-    primary : (n,) bucket of every row; secondary : (n,) second bucket or -1.
-    """
-
-    tree: Tree
-    leaf_rows: list[np.ndarray]
-    centroids: np.ndarray
-    primary: np.ndarray
-    secondary: np.ndarray
-
-
-def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
-    """Split prepared vectors (n, d) into leaves of the average-split tree."""
-    basis = fit_pca(vectors, seed=params.seed) if params.projection == "pca" else None
-    coords = vectors if basis is None else vectors @ basis.T
-    tree, leaf_of_row = build_tree(
-        coords,
-        bucket_size=params.bucket_size,
-        max_depth=params.max_depth,
-        seed=params.seed,
-        split=params.split,
-    )
-    n_leaves = tree.n_leaves
-    primary, centroids = lloyd(vectors, leaf_of_row, n_leaves, iterations=params.refine, seed=params.seed)
-    secondary = spill(vectors, primary, centroids, params.replicate)
-    spilled = np.flatnonzero(secondary >= 0)
-    owner = np.concatenate([primary, secondary[spilled]])
-    rows = np.concatenate([np.arange(len(vectors)), spilled])
-    order = np.argsort(owner, kind="stable")  # primaries (lower positions) stay first
-    bounds = np.searchsorted(owner[order], np.arange(n_leaves + 1))
-    leaf_rows = [rows[order[bounds[i] : bounds[i + 1]]] for i in range(n_leaves)]
-    return Partition(with_basis(tree, basis), leaf_rows, centroids, primary, secondary)
-
-
 def build_index(
     store: ObjectStore,
     collection_name: str,
     data: Collection,
     params: BuildParams,
     *,
-    expected_head: tuple[str | None, str | None] | None = None,
+    replace: bool = False,
+    expected_version: str | None = None,
+    expected_head: catalog.HeadState | None = None,
 ) -> BuildResult:
     """Partition ``data``, upload its buckets and publish a new version of the collection.
 
-    ``expected_head`` is the (ETag, version) of HEAD that the publish must replace; by default
-    HEAD is read when the build starts.
+    A collection that exists is rebuilt only with ``replace=True`` (whatever version is live)
+    or ``expected_version`` (HEAD must name exactly that version); otherwise :class:`Conflict`
+    and nothing is written. ``expected_head`` (internal: compaction) is the HEAD the publish
+    must replace. The HEAD checked here is also the compare-and-swap token of the publish, so
+    a writer that lands meanwhile makes this build fail rather than be silently undone.
     """
     layout.check_collection(collection_name)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    expected_head, parent = expected_head or _current_head(store, collection_name)
+    if expected_head is None:
+        expected_head = _head_to_replace(store, collection_name, replace, expected_version)
     vectors = distances.prepare(data.vectors, params.metric)
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)
@@ -173,12 +139,12 @@ def build_index(
     written = sum(created[: len(bodies)])
     timings["upload_ms"] = _ms(t2)
 
-    version = new_version()
+    version = catalog.new_version()
     manifest = Manifest(
         collection=collection_name,
         version=version,
-        parent=parent,
-        created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        parent=None if expected_head is None else expected_head.head.version,
+        created_at=catalog.now_iso(),
         dim=data.dim,
         metric=params.metric,
         dtype=params.dtype,
@@ -191,61 +157,38 @@ def build_index(
         extra={"calibration": curve},
         id_shards=shard_fps,
     )
-    mkey = publish(store, manifest, expected_head)
+    mkey = catalog.publish(store, manifest, None if expected_head is None else expected_head.etag)
     timings["total_ms"] = _ms(t0)
     return BuildResult(
         collection_name, version, data.count, len(table), written, mkey, timings, int(table.rows.sum())
     )
 
 
-def publish(store: ObjectStore, manifest: Manifest, expected_head: str | None) -> str:
-    """Write ``manifest`` and swap HEAD to it iff HEAD still has ``expected_head`` ETag.
-
-    ``expected_head`` None means "the collection must not exist yet". Raises
-    :class:`Conflict` when another writer published in between; our objects then stay
-    unreferenced (garbage for a later collection sweep), never visible.
-    """
-    body = encode_manifest(manifest)
-    mkey = layout.manifest_key(manifest.collection, manifest.version)
-    store.put(mkey, body, if_absent=True)
-    head = encode_head(manifest.version, mkey, fingerprint(body))
-    try:
-        if expected_head is None:
-            store.put(layout.head_key(manifest.collection), head, if_absent=True)
-        else:
-            store.put(layout.head_key(manifest.collection), head, if_match=expected_head)
-    except PreconditionFailed:
-        if _head_names(store, manifest):  # our swap landed; only its response was lost
-            return mkey
+def _head_to_replace(
+    store: ObjectStore, collection: str, replace: bool, expected_version: str | None
+) -> catalog.HeadState | None:
+    """The HEAD this build may replace (None: the collection must not exist yet)."""
+    if expected_version is not None:
+        layout.check_version(expected_version, "expected_version")
+    state = catalog.read_head(store, collection)
+    if state is None:
+        if expected_version is not None:
+            raise Conflict(
+                f"collection {collection!r} does not exist, not at version {expected_version!r}; "
+                "nothing was built"
+            )
+        return None
+    live = state.head.version
+    if expected_version is not None and expected_version != live:
         raise Conflict(
-            f"collection {manifest.collection!r} was published by another writer while this "
-            f"build ran; version {manifest.version} was not published — retry the build"
-        ) from None
-    return mkey
-
-
-def _head_names(store: ObjectStore, manifest: Manifest) -> bool:
-    """Does HEAD already name ``manifest``? (A retried PUT whose first attempt succeeded.)"""
-    key = layout.head_key(manifest.collection)
-    try:
-        return decode_head(store.get(key)[0], key=key).version == manifest.version
-    except NotFound:
-        return False
-
-
-def new_version() -> str:
-    """Sortable, unique version id: UTC time to the microsecond plus 32 random bits."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
-
-
-def _current_head(store: ObjectStore, collection: str) -> tuple[str | None, str | None]:
-    """ETag and version of the live HEAD (both None for a new collection)."""
-    key = layout.head_key(collection)
-    try:
-        body, etag = store.get(key)
-    except NotFound:
-        return None, None
-    return etag, decode_head(body, key=key).version
+            f"collection {collection!r} is at version {live!r}, not {expected_version!r}; nothing was built"
+        )
+    if expected_version is None and not replace:
+        raise Conflict(
+            f"collection {collection!r} already exists (version {live!r}); to rebuild it, pass "
+            f'"replace": true or "expected_version": "{live}"; nothing was built'
+        )
+    return state
 
 
 def _encode_buckets(

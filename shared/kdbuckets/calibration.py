@@ -16,7 +16,7 @@ import numpy as np
 from .ranking import bucket_positions, bucket_scores
 
 if TYPE_CHECKING:
-    from .builder import Partition
+    from .partition import Partition
 
 SAMPLE = 512
 K = 10

@@ -194,3 +194,43 @@ def _choose_split(
             return axis, mean, go_right
         spread[axis] = 0.0
     return None
+
+
+class MutableTree:
+    """A copy of a tree that can turn leaves into nodes (append-only), for local splits.
+
+    A write that overfills a bucket splits it in place: the leaf becomes a node with two
+    leaves, so every other bucket keeps its number and the manifest's table only grows.
+    """
+
+    def __init__(self, tree: Tree) -> None:
+        self.planes = [tree.planes]
+        self.node_plane = tree.node_plane.tolist()
+        self.threshold = tree.threshold.tolist()
+        self.left = tree.left.tolist()
+        self.right = tree.right.tolist()
+        self.node_leaf = tree.node_leaf.tolist()
+        self.n_planes = len(tree.planes)
+
+    def split_leaf(self, leaf: int, new_leaf: int, plane: np.ndarray, threshold: float) -> None:
+        node = self.node_leaf.index(leaf)
+        lo, hi = len(self.node_plane), len(self.node_plane) + 1
+        self.node_plane[node], self.threshold[node] = self.n_planes, threshold
+        self.left[node], self.right[node], self.node_leaf[node] = lo, hi, -1
+        self.node_plane += [-1, -1]
+        self.threshold += [0.0, 0.0]
+        self.left += [-1, -1]
+        self.right += [-1, -1]
+        self.node_leaf += [leaf, new_leaf]
+        self.planes.append(plane[None, :])
+        self.n_planes += 1
+
+    def freeze(self) -> Tree:
+        return Tree(
+            planes=np.concatenate(self.planes).astype(np.float32),
+            node_plane=np.array(self.node_plane, np.int32),
+            threshold=np.array(self.threshold, np.float32),
+            left=np.array(self.left, np.int32),
+            right=np.array(self.right, np.int32),
+            node_leaf=np.array(self.node_leaf, np.int32),
+        )

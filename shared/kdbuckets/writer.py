@@ -21,23 +21,23 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from . import distances, layout
+from . import catalog, distances, layout
 from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
-from .builder import BuildParams, BuildResult, build_index, new_version, publish
+from .builder import BuildParams, BuildResult, build_index
+from .catalog import Snapshot
 from .codec import fingerprint
-from .collection import Collection
+from .collection import MAX_LABELS, Collection
 from .directory import Shard, decode_shard, encode_shard, shard_of
-from .errors import CollectionNotFound, Conflict, CorruptObject, InvalidRequest
-from .manifest import BucketTable, Manifest, decode_head, decode_manifest
+from .errors import Conflict, CorruptObject, InvalidRequest
+from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
 from .ranking import bucket_scores
 from .storage import NotFound, ObjectStore
-from .tree import Tree
+from .tree import MutableTree
 
 MAX_ATTEMPTS = 8
 SPLIT_FACTOR = 2
@@ -60,14 +60,6 @@ class WriteResult:
 
 
 @dataclass
-class _Snapshot:
-    """HEAD's ETag and the manifest it names, read at the start of an attempt."""
-
-    etag: str
-    manifest: Manifest
-
-
-@dataclass
 class _Edit:
     """Pending changes to one bucket."""
 
@@ -87,8 +79,10 @@ def write(
     layout.check_collection(collection)
     if upserts is None and deletes is None:
         raise InvalidRequest("operation", "needs items to upsert or ids to delete")
+    if deletes is not None:
+        deletes = _unique_ids(deletes)
     for attempt in range(1, max_attempts + 1):
-        snapshot = read_snapshot(store, collection)
+        snapshot = catalog.read_live(store, collection)
         try:
             return _attempt(store, snapshot, upserts, deletes, attempt)
         except Conflict:
@@ -101,25 +95,8 @@ def write(
     raise AssertionError("unreachable")
 
 
-def read_snapshot(store: ObjectStore, collection: str) -> _Snapshot:
-    """The live manifest, read fresh (writers never trust a cache) and verified against HEAD."""
-    hkey = layout.head_key(collection)
-    try:
-        body, etag = store.get(hkey)
-    except NotFound:
-        raise CollectionNotFound(collection) from None
-    head = decode_head(body, key=hkey)
-    try:
-        mbody, _ = store.get(head.manifest_key)
-    except NotFound:
-        raise CorruptObject(head.manifest_key, "HEAD names a manifest that does not exist") from None
-    if fingerprint(mbody) != head.sha256:
-        raise CorruptObject(head.manifest_key, "SHA-256 differs from the one HEAD names")
-    return _Snapshot(etag, decode_manifest(mbody, key=head.manifest_key))
-
-
 def _attempt(
-    store: ObjectStore, snap: _Snapshot, upserts: Collection | None, deletes: np.ndarray | None, attempt: int
+    store: ObjectStore, snap: Snapshot, upserts: Collection | None, deletes: np.ndarray | None, attempt: int
 ) -> WriteResult:
     m = snap.manifest
     if not m.id_shards:
@@ -143,7 +120,7 @@ def _attempt(
     if not edits and not len(up_keys):  # deleting ids that do not exist: nothing to publish
         return WriteResult(m.collection, m.version, 0, 0, len(del_keys), 0, 0, attempt, m.count)
     buckets = _load_buckets(store, m, sorted(edits))
-    tree = _MutableTree(m.tree)
+    tree = MutableTree(m.tree)
     centroids = m.buckets.centroids.copy()
     new_buckets: dict[int, tuple[bytes, np.ndarray, int]] = {}  # bucket → (body, keys, rows)
     moved: list[tuple[np.ndarray, int, int]] = []  # (keys, from bucket, to bucket)
@@ -197,9 +174,9 @@ def _attempt(
     inserted = int((~existing_up[0]).sum())
     manifest = Manifest(
         collection=m.collection,
-        version=new_version(),
+        version=catalog.new_version(),
         parent=m.version,
-        created_at=_now(),
+        created_at=catalog.now_iso(),
         dim=m.dim,
         metric=m.metric,
         dtype=m.dtype,
@@ -212,7 +189,7 @@ def _attempt(
         extra=m.extra,
         id_shards=id_shards,
     )
-    publish(store, manifest, snap.etag)
+    catalog.publish(store, manifest, snap.etag)
     return WriteResult(
         collection=m.collection,
         version=manifest.version,
@@ -239,6 +216,18 @@ def _prepare_upserts(
             "items[0].vector", f"has {upserts.dim} dimensions; collection {m.collection!r} has {m.dim}"
         )
     keys = _keys_for(m, upserts.ids, "items[].id")
+    uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if len(uniq) != len(keys):
+        dup = int(first[np.argmax(counts > 1)])
+        raise InvalidRequest(f"items[{dup}].id", f"{upserts.ids[dup].item()!r} appears more than once")
+    if (m.label_names is None) != (upserts.label_codes is None):
+        # One rule for builds and writes: a collection is labelled throughout or not at all.
+        raise InvalidRequest(
+            "items[0].label",
+            f"is required: collection {m.collection!r} is labelled"
+            if upserts.label_codes is None
+            else f"is not allowed: collection {m.collection!r} has no labels",
+        )
     if m.metric == "cosine":
         zero = ~np.any(upserts.vectors != 0, axis=1)
         if zero.any():
@@ -253,9 +242,19 @@ def _prepare_upserts(
             if name not in lookup:
                 lookup[name] = len(names)
                 names.append(name)
+        if len(names) > MAX_LABELS:
+            raise InvalidRequest(
+                "items[].label", f"would give {m.collection!r} {len(names)} labels; at most {MAX_LABELS}"
+            )
         table = np.array([lookup[n] for n in upserts.label_names or []], dtype=np.int32)
         codes = table[upserts.label_codes]
     return distances.prepare(upserts.vectors, m.metric), keys, names, codes
+
+
+def _unique_ids(ids: np.ndarray) -> np.ndarray:
+    """Deletes by id, each id once (a repeated id must not be counted twice)."""
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
 
 
 def _keys_for(m: Manifest, ids: np.ndarray, field_name: str) -> np.ndarray:
@@ -275,7 +274,7 @@ def _load_shards(store: ObjectStore, m: Manifest, which: np.ndarray) -> dict[int
     try:
         bodies = store.get_many(keys)
     except NotFound as exc:
-        raise CorruptObject(str(exc), "id-directory shard named by the manifest is missing") from None
+        raise CorruptObject(exc.uri or "", "id-directory shard named by the manifest is missing") from None
     return {
         s: decode_shard(body, key=key, expected_fingerprint=m.id_shards[s], n_buckets=m.n_buckets)
         for s, key, body in zip(which, keys, bodies, strict=True)
@@ -356,7 +355,7 @@ def _load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int
     try:
         bodies = store.get_many(keys)
     except NotFound as exc:
-        raise CorruptObject(str(exc), "bucket named by the manifest is missing") from None
+        raise CorruptObject(exc.uri or "", "bucket named by the manifest is missing") from None
     return {
         b: decode_bucket(body, key=key, expected_fingerprint=m.buckets.fingerprints[b])
         for b, key, body in zip(which, keys, bodies, strict=True)
@@ -421,7 +420,7 @@ def _route(m: Manifest, vectors: np.ndarray) -> np.ndarray:
     return np.argmin(scores, axis=1).astype(np.int64)
 
 
-def _split(rows: _Rows, tree: _MutableTree, bucket: int, new_bucket: int) -> tuple[_Rows, _Rows] | None:
+def _split(rows: _Rows, tree: MutableTree, bucket: int, new_bucket: int) -> tuple[_Rows, _Rows] | None:
     """Average split along the bucket's principal direction; the leaf becomes a node."""
     x = rows.vectors.astype(np.float64)
     centred = x - x.mean(axis=0)
@@ -441,46 +440,6 @@ def _split(rows: _Rows, tree: _MutableTree, bucket: int, new_bucket: int) -> tup
     return rows.take(np.flatnonzero(~right)), rows.take(np.flatnonzero(right))
 
 
-class _MutableTree:
-    """A copy of the manifest's tree that can turn leaves into nodes (append-only)."""
-
-    def __init__(self, tree: Tree) -> None:
-        self.planes = [tree.planes]
-        self.node_plane = tree.node_plane.tolist()
-        self.threshold = tree.threshold.tolist()
-        self.left = tree.left.tolist()
-        self.right = tree.right.tolist()
-        self.node_leaf = tree.node_leaf.tolist()
-        self.n_planes = len(tree.planes)
-
-    def split_leaf(self, leaf: int, new_leaf: int, plane: np.ndarray, threshold: float) -> None:
-        node = self.node_leaf.index(leaf)
-        lo, hi = len(self.node_plane), len(self.node_plane) + 1
-        self.node_plane[node], self.threshold[node] = self.n_planes, threshold
-        self.left[node], self.right[node], self.node_leaf[node] = lo, hi, -1
-        self.node_plane += [-1, -1]
-        self.threshold += [0.0, 0.0]
-        self.left += [-1, -1]
-        self.right += [-1, -1]
-        self.node_leaf += [leaf, new_leaf]
-        self.planes.append(plane[None, :])
-        self.n_planes += 1
-
-    def freeze(self) -> Tree:
-        return Tree(
-            planes=np.concatenate(self.planes).astype(np.float32),
-            node_plane=np.array(self.node_plane, np.int32),
-            threshold=np.array(self.threshold, np.float32),
-            left=np.array(self.left, np.int32),
-            right=np.array(self.right, np.int32),
-            node_leaf=np.array(self.node_leaf, np.int32),
-        )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def compact(store: ObjectStore, collection: str) -> BuildResult:
     """Rebuild the live contents with the collection's own build parameters (restores balance).
 
@@ -488,7 +447,7 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
     compare-and-swap against the HEAD it read — a write that lands meanwhile makes this fail
     with :class:`Conflict` rather than be silently undone.
     """
-    snap = read_snapshot(store, collection)
+    snap = catalog.read_live(store, collection)
     m = snap.manifest
     buckets = _load_buckets(store, m, [b for b in range(m.n_buckets) if m.buckets.rows[b] > 0])
     parts = [buckets[b] for b in sorted(buckets)]
@@ -520,4 +479,6 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
         metadata=metadata,
     )
     params = BuildParams(**m.params)
-    return build_index(store, collection, data, params, expected_head=(snap.etag, m.version))
+    return build_index(
+        store, collection, data, params, expected_head=catalog.HeadState(snap.head, snap.etag)
+    )

@@ -72,7 +72,7 @@ def _upsert_vectors(w: int, j: int) -> np.ndarray:
 
 def _build(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> str:
     data = make_collection(vectors, ids, None, metric="cosine")
-    return build_index(store, COLLECTION, data, BuildParams(bucket_size=BUCKET_SIZE)).version
+    return build_index(store, COLLECTION, data, BuildParams(bucket_size=BUCKET_SIZE), replace=True).version
 
 
 def _head_manifest(store: ObjectStore) -> Manifest:
@@ -290,7 +290,11 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
     store = ObjectStore(local.INDEX_BUCKET)
     vectors, ids = _vectors(7, 120), np.array([f"doc-{i}" for i in range(120)])
     built = build_index(
-        store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
+        store,
+        COLLECTION,
+        make_collection(vectors, ids, None, metric="cosine"),
+        BuildParams(bucket_size=20),
+        replace=True,
     ).version
     target = "doc-5" if exists else "doc-new"
     new_vector = _vectors(8, 1)[0]
@@ -339,7 +343,11 @@ def test_compaction_racing_a_write_never_undoes_it(serial_moto_server: Any) -> N
     store = ObjectStore(local.INDEX_BUCKET)
     vectors, ids = _vectors(9, 120), np.arange(120, dtype=np.int64)
     build_index(
-        store, COLLECTION, make_collection(vectors, ids, None, metric="cosine"), BuildParams(bucket_size=20)
+        store,
+        COLLECTION,
+        make_collection(vectors, ids, None, metric="cosine"),
+        BuildParams(bucket_size=20),
+        replace=True,
     )
     new_vector = _vectors(10, 1)
     hold = HoldFirst(2, r"/HEAD$")

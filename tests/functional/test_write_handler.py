@@ -123,7 +123,7 @@ def listen() -> Wire:
 def build_library(name: str, vectors: np.ndarray, ids: np.ndarray, **params: Any) -> str:
     """Build straight through the library (faster than an inline event for thousands of rows)."""
     data = make_collection(vectors, ids, None, metric="cosine")
-    return build_index(ObjectStore(INDEX), name, data, BuildParams(**params)).version
+    return build_index(ObjectStore(INDEX), name, data, BuildParams(**params), replace=True).version
 
 
 def items(ids: Any, vectors: np.ndarray, **extra: Any) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from kdbuckets import codec
 from kdbuckets.bucket import IdColumn, encode_bucket
-from kdbuckets.builder import BuildParams, partition
+from kdbuckets.builder import BuildParams
 from kdbuckets.errors import CorruptObject
 from kdbuckets.manifest import (
     BucketTable,
@@ -24,6 +24,7 @@ from kdbuckets.manifest import (
     encode_head,
     encode_manifest,
 )
+from kdbuckets.partition import partition
 
 KEY = "docs/manifests/v1"
 SHA = "ab" * 32

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from kdbuckets import distances
-from kdbuckets.builder import BuildParams, partition
+from kdbuckets.builder import BuildParams
 from kdbuckets.calibration import calibrate, probes_for
+from kdbuckets.partition import partition
 from kdbuckets.ranking import bucket_positions, bucket_scores
 from kdbuckets.refine import centroids_of, lloyd, nearest_centroid, spill
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from kdbuckets.bucket import IdColumn, encode_bucket
-from kdbuckets.builder import BuildParams, partition
+from kdbuckets.builder import BuildParams
 from kdbuckets.codec import fingerprint
 from kdbuckets.manifest import BucketTable, Manifest, encode_manifest
+from kdbuckets.partition import partition
 from kdbuckets.tree import Tree, build_tree, with_basis
 
 #: Build options that keep the buckets exactly the tree's leaves (no refinement, no replication).

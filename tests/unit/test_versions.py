@@ -28,13 +28,8 @@ from kdbuckets.errors import CollectionNotFound, Conflict, CorruptObject, Invali
 from kdbuckets.manifest import Manifest, decode_head, decode_manifest, encode_head, encode_manifest
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
-from kdbuckets.versions import (
-    GcReport,
-    collect_garbage,
-    describe_version,
-    list_versions,
-    rollback,
-)
+from kdbuckets.gc import GcReport, collect_garbage
+from kdbuckets.versions import describe_version, list_versions, rollback
 
 N, DIM = 240, 8
 PARAMS = BuildParams(metric="l2", bucket_size=30, refine=0, replicate=0.0)
@@ -54,7 +49,9 @@ def dataset(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def build(store: ObjectStore, seed: int, collection: str = "docs") -> str:
     vectors, ids = dataset(seed)
     labels = np.array(["red", "green", "blue"])[ids % 3]
-    return build_index(store, collection, make_collection(vectors, ids, labels, metric="l2"), PARAMS).version
+    return build_index(
+        store, collection, make_collection(vectors, ids, labels, metric="l2"), PARAMS, replace=True
+    ).version
 
 
 def build_many(store: ObjectStore, seeds: list[int], collection: str = "docs") -> list[str]:

@@ -1,0 +1,207 @@
+"""The catalog: how ``HEAD`` and manifests are read, verified and published — in one place.
+
+Every reader and writer of a collection (queries, builds, upserts and deletes, compaction,
+versions, rollback, garbage collection) goes through these functions, so the rules below hold
+everywhere or nowhere:
+
+- ``HEAD`` names a version of *this* collection: its manifest key is exactly
+  ``{collection}/manifests/{version}`` (a copied prefix whose HEAD still points into the
+  original collection is refused, never followed);
+- a manifest is used only if it decodes, names its own collection and version, and — when
+  reached through ``HEAD`` — its SHA-256 equals the one ``HEAD`` records;
+- publishing writes the manifest (``If-None-Match: *``) and then swaps ``HEAD`` by
+  compare-and-swap on the ETag read before the work started. A PUT whose response was lost
+  and whose botocore retry then got 412 is recognised as our own success (the manifest's
+  bytes, or ``HEAD`` naming our version), never reported as a conflict.
+
+The formats themselves (bytes of a manifest, of ``HEAD``) live in :mod:`kdbuckets.manifest`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import layout
+from .codec import fingerprint
+from .errors import CollectionNotFound, Conflict, CorruptObject
+from .manifest import Head, Manifest, decode_head, decode_manifest, encode_head, encode_manifest
+from .storage import NotFound, ObjectStore, PreconditionFailed
+
+
+@dataclass(frozen=True)
+class HeadState:
+    """A verified ``HEAD`` and the ETag it was read with (the compare-and-swap token)."""
+
+    head: Head
+    etag: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The live version of a collection as one consistent read: HEAD, its ETag, its manifest."""
+
+    head: Head
+    etag: str
+    manifest: Manifest
+    manifest_bytes: int
+
+
+def new_version() -> str:
+    """Sortable, unique version id: UTC time to the microsecond plus 32 random bits."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
+
+
+def now_iso() -> str:
+    """The ``created_at`` stamp of a manifest (UTC, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# -- reading -----------------------------------------------------------------------------------
+def verify_head(collection: str, head: Head) -> Head:
+    """Refuse a HEAD that points outside its own collection (e.g. a copied prefix)."""
+    expected = layout.manifest_key(collection, head.version)
+    if head.manifest_key != expected:
+        raise CorruptObject(
+            layout.head_key(collection),
+            f"HEAD names manifest {head.manifest_key[:200]!r}, not {expected!r} of collection {collection!r}",
+        )
+    return head
+
+
+def read_head(store: ObjectStore, collection: str) -> HeadState | None:
+    """The collection's HEAD, decoded and verified; None when the collection has none."""
+    key = layout.head_key(collection)
+    try:
+        body, etag = store.get(key)
+    except NotFound:
+        return None
+    return HeadState(verify_head(collection, decode_head(body, key=key)), etag)
+
+
+def revalidate_head(store: ObjectStore, collection: str, known: HeadState) -> HeadState | None:
+    """Conditional GET of HEAD: ``known`` if unchanged (304), the new HEAD, or None if gone."""
+    key = layout.head_key(collection)
+    try:
+        fresh = store.get_if_changed(key, known.etag)
+    except NotFound:
+        return None
+    if fresh is None:
+        return known
+    body, etag = fresh
+    return HeadState(verify_head(collection, decode_head(body, key=key)), etag)
+
+
+def require_head(store: ObjectStore, collection: str) -> HeadState:
+    """Like :func:`read_head`, but a missing HEAD is :class:`CollectionNotFound`."""
+    state = read_head(store, collection)
+    if state is None:
+        raise CollectionNotFound(collection)
+    return state
+
+
+def load_manifest(
+    store: ObjectStore, collection: str, version: str, *, expected_sha256: str | None = None
+) -> tuple[Manifest, int]:
+    """Read, verify and decode ``version``'s manifest; returns it with its size in bytes.
+
+    With ``expected_sha256`` (the manifest was reached through HEAD) it must exist and match;
+    without it (a pinned version) a missing manifest is :class:`CollectionNotFound`.
+    """
+    key = layout.manifest_key(collection, layout.check_version(version))
+    try:
+        body, _ = store.get(key)
+    except NotFound:
+        if expected_sha256 is not None:
+            raise CorruptObject(key, "HEAD names a manifest that does not exist") from None
+        raise CollectionNotFound(collection, version) from None
+    return verify_manifest(collection, version, key, body, expected_sha256=expected_sha256), len(body)
+
+
+def verify_manifest(
+    collection: str, version: str, key: str, body: bytes, *, expected_sha256: str | None = None
+) -> Manifest:
+    """Decode manifest bytes and check they are ``collection``'s ``version`` (and HEAD's hash)."""
+    if expected_sha256 is not None and fingerprint(body) != expected_sha256:
+        raise CorruptObject(key, "SHA-256 differs from the one HEAD names")
+    manifest = decode_manifest(body, key=key)
+    if manifest.collection != collection or manifest.version != version:
+        raise CorruptObject(
+            key,
+            f"manifest names collection {manifest.collection!r} version {manifest.version!r}, "
+            f"not {collection!r} {version!r}",
+        )
+    return manifest
+
+
+def read_live(store: ObjectStore, collection: str) -> Snapshot:
+    """The live version, read fresh and verified (what every writer starts from)."""
+    state = require_head(store, collection)
+    manifest, size = load_manifest(
+        store, collection, state.head.version, expected_sha256=state.head.sha256
+    )
+    return Snapshot(state.head, state.etag, manifest, size)
+
+
+# -- publishing --------------------------------------------------------------------------------
+def publish(store: ObjectStore, manifest: Manifest, expected_etag: str | None) -> str:
+    """Write ``manifest`` and swap HEAD to it iff HEAD still has ``expected_etag``.
+
+    ``expected_etag`` None means "the collection must not exist yet". Raises
+    :class:`Conflict` when another writer published in between; our objects then stay
+    unreferenced (garbage for a later sweep), never visible. Returns the manifest's key.
+    """
+    body = encode_manifest(manifest)
+    mkey = layout.manifest_key(manifest.collection, manifest.version)
+    sha = fingerprint(body)
+    try:
+        store.put(mkey, body, if_absent=True)
+    except PreconditionFailed:
+        if not _holds(store, mkey, sha):  # not ours: a version id collision, never overwrite
+            raise Conflict(
+                f"version {manifest.version} of {manifest.collection!r} already exists; nothing published"
+            ) from None
+    hkey = layout.head_key(manifest.collection)
+    head = encode_head(manifest.version, mkey, sha)
+    try:
+        if expected_etag is None:
+            store.put(hkey, head, if_absent=True)
+        else:
+            store.put(hkey, head, if_match=expected_etag)
+    except PreconditionFailed:
+        if _head_names(store, manifest.collection, manifest.version):  # our swap landed, its response did not
+            return mkey
+        raise Conflict(
+            f"collection {manifest.collection!r} was published by another writer meanwhile; "
+            f"version {manifest.version} was not published — retry"
+        ) from None
+    return mkey
+
+
+def swap_head(store: ObjectStore, collection: str, head_body: bytes, expected_etag: str | None) -> str:
+    """Compare-and-swap HEAD to ``head_body`` (rollback); returns the new ETag.
+
+    Raises :class:`~kdbuckets.storage.PreconditionFailed` when HEAD changed; the caller words
+    the conflict, since only it knows what was being attempted.
+    """
+    hkey = layout.head_key(collection)
+    if expected_etag is None:
+        return store.put(hkey, head_body, if_absent=True)
+    return store.put(hkey, head_body, if_match=expected_etag)
+
+
+def _holds(store: ObjectStore, key: str, sha: str) -> bool:
+    try:
+        return fingerprint(store.get(key)[0]) == sha
+    except NotFound:
+        return False
+
+
+def _head_names(store: ObjectStore, collection: str, version: str) -> bool:
+    """Does HEAD already name ``version``? (A retried PUT whose first attempt succeeded.)"""
+    try:
+        state = read_head(store, collection)
+    except CorruptObject:
+        return False
+    return state is not None and state.head.version == version
