@@ -14,8 +14,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kdbuckets import KdBucketsError, ObjectStore, service
-from kdbuckets.errors import InternalError
+from kdbuckets import service
+from kdbuckets.errors import InternalError, KdBucketsError
+from kdbuckets.storage import ObjectStore
 
 logger = Logger()
 metrics = Metrics()

@@ -2,12 +2,19 @@
 
 Build with :func:`build_index` (or :func:`kdbuckets.service.build` from an event), query with
 :class:`Searcher`. Nothing in this package knows about Lambda or reads the environment.
+
+The public names are loaded on first use (PEP 562), so ``import kdbuckets.searcher`` in the
+query function does not pay for the builder, the writer or garbage collection at cold start.
 """
 
-from .builder import BuildParams, BuildResult, build_index
-from .collection import Collection, make_collection
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CollectionNotFound,
+    ConfigurationError,
     Conflict,
     CorruptObject,
     InvalidRequest,
@@ -15,10 +22,33 @@ from .errors import (
     SourceError,
     StorageError,
 )
-from .searcher import Classification, QueryStats, Searcher, SearchResult
-from .storage import ObjectStore
-from .gc import GcReport, collect_garbage
-from .versions import VersionInfo, describe_version, list_versions, rollback
+
+if TYPE_CHECKING:
+    from .builder import BuildParams, BuildResult, build_index
+    from .collection import Collection, make_collection
+    from .gc import GcReport, collect_garbage
+    from .searcher import Classification, QueryStats, Searcher, SearchResult
+    from .storage import ObjectStore
+    from .versions import VersionInfo, describe_version, list_versions, rollback
+
+_LAZY = {
+    "BuildParams": "params",
+    "BuildResult": "builder",
+    "build_index": "builder",
+    "Collection": "collection",
+    "make_collection": "collection",
+    "GcReport": "gc",
+    "collect_garbage": "gc",
+    "Classification": "searcher",
+    "QueryStats": "searcher",
+    "Searcher": "searcher",
+    "SearchResult": "searcher",
+    "ObjectStore": "storage",
+    "VersionInfo": "versions",
+    "describe_version": "versions",
+    "list_versions": "versions",
+    "rollback": "versions",
+}
 
 __all__ = [
     "BuildParams",
@@ -26,6 +56,7 @@ __all__ = [
     "Classification",
     "Collection",
     "CollectionNotFound",
+    "ConfigurationError",
     "Conflict",
     "CorruptObject",
     "GcReport",
@@ -47,3 +78,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdbuckets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -23,54 +22,12 @@ from .calibration import calibrate
 from .codec import fingerprint
 from .collection import Collection
 from .directory import build_shards, encode_shard, shard_count
-from .errors import Conflict, InvalidRequest
+from .errors import Conflict
 from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
+from .params import BuildParams
 from .partition import Partition, partition
-from .ranking import RANKINGS
 from .storage import ObjectStore
-from .tree import SPLIT_RULES
-
-PROJECTIONS = ("none", "pca")
-DTYPES = ("float32", "float16")
-MAX_REFINE = 50
-
-
-@dataclass(frozen=True)
-class BuildParams:
-    """Knobs of one build, with the defaults a build event gets when it names none."""
-
-    metric: str = "cosine"
-    bucket_size: int = 1000
-    max_depth: int = 32
-    seed: int = 0
-    split: str = "spread"
-    projection: str = "pca"
-    dtype: str = "float32"
-    refine: int = 10
-    replicate: float = 0.25
-    ranking: str = "centroid"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.refine <= MAX_REFINE:
-            raise InvalidRequest(
-                "refine", f"must be between 0 and {MAX_REFINE} iterations, got {self.refine}"
-            )
-        if not 0.0 <= self.replicate <= 1.0:
-            raise InvalidRequest("replicate", f"must be a fraction between 0 and 1, got {self.replicate}")
-        if self.ranking not in RANKINGS:
-            raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {self.ranking!r}")
-        if self.metric not in distances.METRICS:
-            raise InvalidRequest("metric", f"must be one of {list(distances.METRICS)}, got {self.metric!r}")
-        if self.split not in SPLIT_RULES:
-            raise InvalidRequest("split", f"must be one of {list(SPLIT_RULES)}, got {self.split!r}")
-        if self.projection not in PROJECTIONS:
-            raise InvalidRequest("projection", f"must be one of {list(PROJECTIONS)}, got {self.projection!r}")
-        if self.dtype not in DTYPES:
-            raise InvalidRequest("dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,7 @@ def verify_manifest(
 def read_live(store: ObjectStore, collection: str) -> Snapshot:
     """The live version, read fresh and verified (what every writer starts from)."""
     state = require_head(store, collection)
-    manifest, size = load_manifest(
-        store, collection, state.head.version, expected_sha256=state.head.sha256
-    )
+    manifest, size = load_manifest(store, collection, state.head.version, expected_sha256=state.head.sha256)
     return Snapshot(state.head, state.etag, manifest, size)
 
 

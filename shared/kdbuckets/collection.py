@@ -16,6 +16,43 @@ MAX_DIM = 4096
 MAX_ID_BYTES = 256
 MAX_LABELS = 65_536
 MAX_LABEL_CHARS = 256
+#: Code points an id may not contain: C0 controls and DEL. NUL matters most: numpy text arrays
+#: drop trailing NULs, so "doc7" + NUL would silently become (and overwrite) "doc7".
+CONTROL_CHARACTERS = "U+0000–U+001F, U+007F"
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` (one id as JSON gives it) cannot be an id, or None if it can.
+
+    The one rule for an id before it becomes part of a numpy array: an integer that fits
+    int64, or 1 to 256 bytes of UTF-8 without control characters.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return f"must be a string or an integer, got {type(value).__name__}"
+    if isinstance(value, int):
+        return None if abs(value) < 2**63 else "must fit in int64"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 text"
+    if not 1 <= size <= MAX_ID_BYTES:
+        return f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8"
+    return control_problem(value)
+
+
+def control_problem(text: str) -> str | None:
+    """Why string id ``text`` holds a control character (first one, by position), or None."""
+    for position, char in enumerate(text):
+        if char < "\x20" or char == "\x7f":
+            return _control_problem(ord(char), position)
+    return None
+
+
+def _control_problem(code: int, position: int) -> str:
+    return (
+        f"contains control character U+{code:04X} at position {position}; "
+        f"ids may not contain {CONTROL_CHARACTERS}"
+    )
 
 
 def _at(field: str, row: int) -> str:
@@ -102,6 +139,7 @@ def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
         if ids.size and (lengths.min() == 0 or lengths.max() > MAX_ID_BYTES):
             row = int(np.argmax((lengths == 0) | (lengths > MAX_ID_BYTES)))
             raise InvalidRequest(_at(field, row), f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
+        _check_control_characters(ids, field)
     else:
         raise InvalidRequest(field, f"must hold integers or strings, got dtype {ids.dtype}")
     uniq, counts = np.unique(ids, return_counts=True)
@@ -109,6 +147,24 @@ def _check_ids(ids: np.ndarray | None, n: int, field: str) -> np.ndarray:
         dup = uniq[np.argmax(counts > 1)]
         raise InvalidRequest(field, f"must be unique; {dup.item()!r} appears {counts.max()} times")
     return ids
+
+
+def _check_control_characters(ids: np.ndarray, field: str) -> None:
+    """Refuse ids with control characters, naming the row.
+
+    A numpy text array cannot tell a trailing NUL from its padding, so "doc7" + NUL is
+    already "doc7" here: sources must check ids before building the array (see
+    :func:`id_problem`). What is still visible — interior NULs, other controls — is refused.
+    """
+    if not ids.size:
+        return
+    codes = np.ascontiguousarray(ids).view(np.uint32).reshape(len(ids), -1)
+    inside = np.arange(codes.shape[1]) < np.char.str_len(ids)[:, None]
+    bad = ((codes < 0x20) | (codes == 0x7F)) & inside
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        position = int(np.argmax(bad[row]))
+        raise InvalidRequest(_at(field, row), _control_problem(int(codes[row, position]), position))
 
 
 def _as_text(values: np.ndarray, field: str) -> np.ndarray:

@@ -69,6 +69,18 @@ class StorageError(KdBucketsError, OSError):
         return None if self.bucket is None or self.key is None else f"s3://{self.bucket}/{self.key}"
 
 
+class ConfigurationError(KdBucketsError):
+    """The deployment is misconfigured (the index bucket does not exist): no request can succeed.
+
+    Kept apart from :class:`CollectionNotFound` so that a wrong ``INDEX_BUCKET`` does not read
+    as "this collection was never built", and from :class:`StorageError` so nobody retries it.
+    """
+
+    def __init__(self, message: str, *, bucket: str | None = None) -> None:
+        self.bucket = bucket
+        super().__init__(message)
+
+
 class SourceError(InvalidRequest):
     """A source object named by a build request is missing, unreadable or malformed."""
 

@@ -76,7 +76,6 @@ class GcReport:
         return asdict(self)
 
 
-
 def collect_garbage(
     store: ObjectStore,
     collection: str,

@@ -18,7 +18,9 @@ import numpy as np
 
 from . import codec
 from .distances import METRICS
-from .errors import CorruptObject
+from .errors import CorruptObject, InvalidRequest
+from .layout import is_version
+from .params import BuildParams
 from .tree import Tree
 
 FORMAT = "kdbuckets/manifest"
@@ -145,8 +147,21 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         centroids=arr(bnode, "centroids", "<f4", 2),
     )
     _check_consistency(key, dim, tree, table)
-    if not isinstance(obj.get("extra") or {}, dict) or not isinstance(obj.get("parent") or "", str):
-        raise CorruptObject(key, "extra must be a map and parent a version string")
+    parent = obj.get("parent")
+    if parent is not None and not is_version(parent):
+        raise CorruptObject(key, "parent is not a version id")
+    extra = obj.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise CorruptObject(key, "extra is not a map")
+    _check_calibration(key, extra.get("calibration"))
+    params = codec.require(obj, "params", dict, key=key)
+    try:
+        BuildParams(**params)
+    except (InvalidRequest, TypeError):
+        raise CorruptObject(key, "params are not valid build parameters") from None
+    count = codec.require(obj, "count", int, key=key)
+    if count < 0:
+        raise CorruptObject(key, f"count is negative ({count})")
     for name, allowed in (
         ("metric", METRICS),
         ("dtype", ("float32", "float16")),
@@ -168,19 +183,33 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
         id_shards=id_shards,
         collection=codec.require(obj, "collection", str, key=key),
         version=codec.require(obj, "version", str, key=key),
-        parent=obj.get("parent"),
+        parent=parent,
         created_at=codec.require(obj, "created_at", str, key=key),
         dim=dim,
         metric=codec.require(obj, "metric", str, key=key),
         dtype=codec.require(obj, "dtype", str, key=key),
-        count=codec.require(obj, "count", int, key=key),
+        count=count,
         id_kind=codec.require(obj, "id_kind", str, key=key),
         label_names=label_names,
-        params=codec.require(obj, "params", dict, key=key),
+        params=params,
         tree=tree,
         buckets=table,
-        extra=obj.get("extra") or {},
+        extra=extra,
     )
+
+
+def _check_calibration(key: str, curve: object) -> None:
+    """The recall curve queries read: ``{"k": int, "sample": int, "recall": [0..1, ...]}``."""
+    if curve is None:
+        return
+    recall = curve.get("recall") if isinstance(curve, dict) else None
+    if (
+        not isinstance(curve, dict)
+        or not all(type(curve.get(name)) is int for name in ("k", "sample"))
+        or not isinstance(recall, list)
+        or not all(type(r) in (int, float) and 0.0 <= r <= 1.0 for r in recall)
+    ):
+        raise CorruptObject(key, "calibration is not a recall curve")
 
 
 def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> None:

@@ -2,26 +2,28 @@
 
 Each takes a decoded JSON event and returns a JSON-ready response (DESIGN.md §4), so every
 front end behaves identically. Nothing here knows about Lambda or reads the environment.
+
+The build and write machinery is imported inside :func:`build` and :func:`write`, so that the
+query function (which imports this module for :func:`query`) never loads it at cold start.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from . import events
 
-from . import events, versions, writer
-from .builder import build_index
-from .collection import MAX_ID_BYTES
-from .errors import InvalidRequest
-from .searcher import Searcher
-from .sources import items_to_collection, read_source
-from .storage import ObjectStore
+if TYPE_CHECKING:
+    from .searcher import Searcher
+    from .storage import ObjectStore
 
 
 def build(event: object, store: ObjectStore) -> dict[str, Any]:
     """Validate a build event, read its source, build and publish. Response per DESIGN §4."""
+    from .builder import build_index
+    from .sources import read_source
+
     request = events.parse_build(event)
     params = request.params()
     started = time.perf_counter()
@@ -29,7 +31,14 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
         request.source, metric=params.metric, fetch=lambda uri: store.get_from(uri.bucket, uri.key)[0]
     )
     read_ms = round((time.perf_counter() - started) * 1000.0, 1)
-    result = build_index(store, request.collection, data, params)
+    result = build_index(
+        store,
+        request.collection,
+        data,
+        params,
+        replace=request.replace,
+        expected_version=request.expected_version,
+    )
     timings = {"read_ms": read_ms, **result.timings_ms}
     timings["total_ms"] = round(read_ms + result.timings_ms["total_ms"], 1)
     return {
@@ -91,14 +100,17 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
 
 def write(event: object, store: ObjectStore) -> dict[str, Any]:
     """Validate a write event and apply it; the response names the new (or live) version."""
+    from . import gc, versions, writer
+
     request = events.parse_write(event)
     collection, op = request.collection, request.operation
-    if op in ("upsert", "delete"):
-        upserts = items_to_collection(request.items, metric="l2", field="items") if op == "upsert" else None
-        deletes = _id_array(request.ids, "ids") if op == "delete" else None
-        result = writer.write(store, collection, upserts=upserts, deletes=deletes)
+    if isinstance(request, events.UpsertRequest | events.DeleteRequest):
+        if isinstance(request, events.UpsertRequest):
+            result = writer.write(store, collection, upserts=request.to_collection(), deletes=None)
+        else:
+            result = writer.write(store, collection, upserts=None, deletes=request.id_array())
         return {"operation": op, **result.as_dict()}
-    if op == "compact":
+    if isinstance(request, events.CompactRequest):
         built = writer.compact(store, collection)
         return {
             "operation": op,
@@ -108,20 +120,20 @@ def write(event: object, store: ObjectStore) -> dict[str, Any]:
             "buckets": built.buckets,
             "buckets_written": built.buckets_written,
         }
-    if op == "versions":
+    if isinstance(request, events.VersionsRequest):
         return {
             "operation": op,
             "collection": collection,
             "versions": [v.as_dict() for v in versions.list_versions(store, collection)],
         }
-    if op == "describe":
+    if isinstance(request, events.DescribeRequest):
         return {"operation": op, **versions.describe_version(store, collection, request.version)}
-    if op == "rollback":
+    if isinstance(request, events.RollbackRequest):
         live = versions.rollback(
             store, collection, request.version, expected_head_version=request.expected_version
         )
         return {"operation": op, "collection": collection, "version": live}
-    report = versions.collect_garbage(
+    report = gc.collect_garbage(
         store,
         collection,
         keep_last=request.keep_last,
@@ -129,25 +141,3 @@ def write(event: object, store: ObjectStore) -> dict[str, Any]:
         dry_run=request.dry_run,
     )
     return {"operation": op, "collection": collection, **report.as_dict()}
-
-
-def _id_array(ids: list[Any], field: str) -> np.ndarray:
-    """Ids of a delete: all int64 or all strings of 1 to 256 bytes of UTF-8."""
-    for n, i in enumerate(ids):
-        if isinstance(i, bool) or not isinstance(i, str | int):
-            raise InvalidRequest(f"{field}[{n}]", f"must be a string or an integer, got {type(i).__name__}")
-    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        for n, i in enumerate(ids):
-            if abs(i) >= 2**63:
-                raise InvalidRequest(f"{field}[{n}]", "must fit in int64")
-        return np.array(ids, dtype=np.int64)
-    if all(isinstance(i, str) for i in ids):
-        for n, i in enumerate(ids):
-            try:
-                size = len(i.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise InvalidRequest(f"{field}[{n}]", "is not valid UTF-8 text") from None
-            if not 1 <= size <= MAX_ID_BYTES:
-                raise InvalidRequest(f"{field}[{n}]", f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8")
-        return np.array(ids, dtype=str)
-    raise InvalidRequest(field, "must be all strings or all integers, not a mix")

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from .collection import Collection, make_collection
-from .errors import InvalidRequest, SourceError, StorageError
+from .errors import InvalidRequest, SourceError
 from .metadata import validate_metadata
-from .storage import NotFound, S3Uri
+from .storage import AccessDenied, BucketNotFound, NotFound, S3Uri
 
 #: Largest source object a single build reads (the real limit is the Lambda's memory).
 MAX_SOURCE_BYTES = 4 << 30
@@ -81,8 +81,9 @@ def _read_npy_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Co
 
 def _apply_label_names(codes: np.ndarray, uri: Any, fetch: Fetch) -> np.ndarray:
     field = "source.label_names"
+    body = _fetch(fetch, S3Uri.parse(uri, field=field), field)  # its errors say more than ours below
     try:
-        mapping = json.loads(_fetch(fetch, S3Uri.parse(uri, field=field), field))
+        mapping = json.loads(body)
         table = {int(k): str(v) for k, v in mapping.items()}
     except (ValueError, AttributeError, TypeError, RecursionError):
         raise SourceError(field, "must be a JSON object mapping label codes to names") from None
@@ -254,9 +255,22 @@ def _decompress(body: bytes, field: str) -> bytes:
 
 
 def _fetch(fetch: Fetch, uri: S3Uri, field: str) -> bytes:
+    """Read a source object; only what the caller got wrong becomes a :class:`SourceError`.
+
+    A missing object, a missing bucket or a refusal (403) will not change by retrying: the
+    request named the wrong object. Any other :class:`StorageError` (throttling, 5xx after
+    botocore's retries, a body cut off) propagates as itself, so the caller may retry.
+    """
+    where = f"s3://{uri.bucket}/{uri.key}"
     try:
         return fetch(uri)
+    except BucketNotFound:
+        raise SourceError(field, f"names {where}, but bucket {uri.bucket!r} does not exist") from None
     except NotFound:
-        raise SourceError(field, f"names s3://{uri.bucket}/{uri.key}, which does not exist") from None
-    except StorageError as exc:
-        raise SourceError(field, f"could not be read: {exc}") from None
+        raise SourceError(field, f"names {where}, which does not exist") from None
+    except AccessDenied:
+        raise SourceError(
+            field,
+            f"names {where}, which this function may not read (access denied; a missing key "
+            "reads as denied without s3:ListBucket)",
+        ) from None

@@ -5,6 +5,12 @@ thread-safe, sessions are not); its connection pool is as large as the fetch con
 parallel bucket GETs never queue for a socket, and it uses botocore's standard retry mode with
 explicit timeouts. Conditional writes (``If-None-Match: *`` for immutable objects, ``If-Match``
 on HEAD) give the publish protocol its compare-and-swap.
+
+Errors are typed so that nobody parses a message: :class:`NotFound` (a missing key),
+:class:`BucketNotFound` (a missing bucket), :class:`AccessDenied` (403),
+:class:`PreconditionFailed` (a lost conditional write), and plain :class:`StorageError` for
+everything retries did not cure; each names its object (``bucket``, ``key``, ``uri``). The
+index bucket itself missing is a :class:`ConfigurationError`: every request would fail.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -28,7 +34,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import ProtocolError
 
-from .errors import InvalidRequest, StorageError
+from .errors import ConfigurationError, InvalidRequest, StorageError
 
 #: Only botocore's own failures are translated; anything else is a bug and must reach the
 #: handler's InternalError path rather than be reworded into a StorageError.
@@ -57,6 +63,14 @@ class ObjectInfo:
 
 class NotFound(StorageError):
     """The object does not exist."""
+
+
+class BucketNotFound(NotFound):
+    """The bucket itself does not exist (S3's NoSuchBucket)."""
+
+
+class AccessDenied(StorageError):
+    """S3 refused the request (HTTP 403): no permission, or a missing key we may not list."""
 
 
 class PreconditionFailed(StorageError):
@@ -151,13 +165,36 @@ class ObjectStore:
         """Run ``fn(*args)`` on the store's I/O threads (to overlap a GET with other work)."""
         return self._executor().submit(fn, *args)
 
+    def _fail(self, exc: Exception, key: str) -> NoReturn:
+        """Raise the error for a failed request on the index bucket (``key``: the full S3 key).
+
+        The index bucket itself missing is a deployment mistake, not a missing object: were it
+        a :class:`NotFound`, callers would report "collection does not exist" for every request.
+        The S3 error stays in the chain (``__cause__``).
+        """
+        error = exc if isinstance(exc, StorageError) else _translate(exc, self.bucket, key)
+        if error is not exc:
+            error.__cause__ = exc
+            error.__suppress_context__ = True
+        if isinstance(error, BucketNotFound):
+            raise ConfigurationError(
+                f"index bucket {self.bucket!r} does not exist; check INDEX_BUCKET", bucket=self.bucket
+            ) from error
+        raise error
+
     # -- single objects -------------------------------------------------------------------
     def get(self, key: str) -> tuple[bytes, str]:
         """Body and ETag of ``prefix + key``; :class:`NotFound` if absent."""
-        return self.get_from(self.bucket, self.prefix + key)
+        try:
+            return self.get_from(self.bucket, self.prefix + key)
+        except BucketNotFound as exc:
+            self._fail(exc, self.prefix + key)
 
     def get_from(self, bucket: str, key: str) -> tuple[bytes, str]:
         """Body and ETag of any object (sources may live in another bucket).
+
+        A missing bucket is a :class:`BucketNotFound` here: whose mistake it is depends on
+        the caller (a build request naming a source, or the deployment naming the index).
 
         botocore retries a request that fails before its body arrives; a body cut off while
         streaming (connection reset, short read) is retried here, with backoff, as a new GET.
@@ -187,7 +224,7 @@ class ObjectStore:
         except _BOTO_ERRORS as exc:
             if _status(exc) == 304:
                 return None
-            raise _translate(exc, self.bucket, self.prefix + key) from exc
+            self._fail(exc, self.prefix + key)
 
     def put(self, key: str, body: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
         """Write ``body``; with ``if_absent`` or ``if_match`` the write is conditional.
@@ -202,7 +239,7 @@ class ObjectStore:
         try:
             return self.client.put_object(**kwargs)["ETag"]
         except _BOTO_ERRORS as exc:
-            raise _translate(exc, self.bucket, self.prefix + key) from exc
+            self._fail(exc, self.prefix + key)
 
     def put_immutable(self, key: str, body: bytes) -> bool:
         """Write a content-addressed object once; False if it already existed (same bytes).
@@ -229,7 +266,7 @@ class ObjectStore:
                 MetadataDirective="REPLACE",
             )
         except _BOTO_ERRORS as exc:
-            raise _translate(exc, self.bucket, full) from exc
+            self._fail(exc, full)
 
     # -- listing and deletion (versions and garbage collection) ---------------------------------
     def list_objects(self, prefix: str) -> list[ObjectInfo]:
@@ -247,7 +284,7 @@ class ObjectStore:
                         )
                     )
         except _BOTO_ERRORS as exc:
-            raise _translate(exc, self.bucket, self.prefix + prefix) from exc
+            self._fail(exc, self.prefix + prefix)
         return out
 
     def delete_many(self, keys: Sequence[str]) -> int:
@@ -260,11 +297,13 @@ class ObjectStore:
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
             except _BOTO_ERRORS as exc:
-                raise _translate(exc, self.bucket, batch[0]["Key"]) from exc
+                self._fail(exc, batch[0]["Key"])
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise StorageError(
-                    f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Code')}",
+                code = str(first.get("Code", ""))
+                kind = AccessDenied if code == "AccessDenied" else StorageError
+                raise kind(
+                    f"could not delete s3://{self.bucket}/{first['Key']}: {code}",
                     bucket=self.bucket,
                     key=first["Key"],
                 )
@@ -296,10 +335,12 @@ def _translate(exc: Exception, bucket: str, key: str) -> StorageError:
     code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if status else ""
     where = f"s3://{bucket}/{key}"
     named = {"bucket": bucket, "key": key}
-    if status == 404 or code in ("NoSuchKey", "NoSuchBucket", "NotFound"):
+    if code == "NoSuchBucket":
+        return BucketNotFound(f"{where} does not exist: there is no bucket {bucket!r}", **named)
+    if status == 404 or code in ("NoSuchKey", "NotFound"):
         return NotFound(f"{where} does not exist", **named)
     if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
         return PreconditionFailed(f"conditional write to {where} lost ({code or status})", **named)
-    if status == 403:
-        return StorageError(f"access denied to {where}", **named)
+    if status == 403 or code == "AccessDenied":
+        return AccessDenied(f"access denied to {where} ({code or status})", **named)
     return StorageError(f"S3 request for {where} failed: {type(exc).__name__}: {code or exc}", **named)

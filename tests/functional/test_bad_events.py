@@ -517,7 +517,95 @@ def test_misspelt_source_field_is_refused_naming_it(
     )
 
 
+# --------------------------------------------------------------------------- write variants
+def upsert(collection: str, *rows: dict[str, Any]) -> dict[str, Any]:
+    return {"collection": collection, "operation": "upsert", "items": list(rows)}
+
+
+V4 = [0.5, 0.25, 0.125, 1.0]
+WRITE_CASES = [
+    # the envelope: one model per operation
+    pytest.param({"collection": "tiny", "operation": "purge"}, "operation", id="unknown-operation"),
+    pytest.param({"collection": "tiny"}, "operation", id="no-operation"),
+    pytest.param({"collection": "tiny", "operation": "compact", "ids": ["a"]}, "ids", id="ids-on-compact"),
+    pytest.param({"collection": "tiny", "operation": "describe"}, "version", id="describe-without-version"),
+    pytest.param(
+        {"collection": "tiny", "operation": "rollback", "version": "../HEAD"}, "version", id="rollback-path"
+    ),
+    pytest.param({"collection": "tiny", "operation": "gc", "keep_last": 0}, "keep_last", id="keep-last-zero"),
+    pytest.param({"collection": "../tiny", "operation": "versions"}, "collection", id="collection-path"),
+    # ids: what used to overwrite or delete the wrong vector
+    pytest.param(upsert("plain", {"vector": V4}), "items[0].id", id="upsert-without-id"),
+    pytest.param(
+        upsert("plain", {"id": 3, "vector": V4}, {"id": 3, "vector": V4}), "items[1].id", id="upsert-id-twice"
+    ),
+    pytest.param(
+        upsert("tiny", {"id": "sport-1\x00", "vector": V4, "label": "sports"}),
+        "items[0].id",
+        id="upsert-id-with-trailing-nul",
+    ),
+    pytest.param(
+        {"collection": "tiny", "operation": "delete", "ids": ["sport-1\x00"]},
+        "ids[0]",
+        id="delete-trailing-nul",
+    ),
+    pytest.param(
+        {"collection": "tiny", "operation": "delete", "ids": ["sport-1", 7]}, "ids[1]", id="delete-mixed-ids"
+    ),
+    pytest.param(upsert("plain", {"id": 1.5, "vector": V4}), "items[0].id", id="upsert-float-id"),
+    # labels and vectors
+    pytest.param(
+        upsert("tiny", {"id": "n1", "vector": V4, "label": "sports"}, {"id": "n2", "vector": V4}),
+        "items[1].label",
+        id="upsert-mixed-labels",
+    ),
+    pytest.param(
+        upsert("plain", {"id": 1, "vector": [0.5, "x", 0, 0]}), "items[0].vector[1]", id="vector-text"
+    ),
+    pytest.param(upsert("plain", {"id": 1, "vector": [0.5, 1.0]}), "items[0].vector", id="vector-wrong-dim"),
+    pytest.param(
+        upsert("plain", {"id": 1, "vector": V4, "colour": "red"}), "items[0].colour", id="item-extra"
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "field"), WRITE_CASES)
+def test_invalid_write_is_refused_naming_the_field(
+    world: dict[str, Any],
+    write_handler: ModuleType,
+    lambda_context: Any,
+    index_snapshot: Any,
+    event: dict[str, Any],
+    field: str,
+) -> None:
+    assert_refused(write_handler, event, lambda_context, world["s3"], index_snapshot, InvalidRequest, field)
+
+
+def test_committed_bad_write_event_is_refused_naming_the_mixed_id(
+    world: dict[str, Any],
+    write_handler: ModuleType,
+    lambda_context: Any,
+    load_event: Any,
+    index_snapshot: Any,
+) -> None:
+    exc = assert_refused(
+        write_handler,
+        load_event("bad_write_mixed_id_types.json"),
+        lambda_context,
+        world["s3"],
+        index_snapshot,
+        InvalidRequest,
+        "ids[1]",
+    )
+    assert "all strings or all integers" in str(exc)
+
+
 # --------------------------------------------------------------------------- unexpected failures
+def rebuild_tiny(load_event: Any) -> dict[str, Any]:
+    """The committed build of "tiny", which the world already built: a deliberate rebuild."""
+    return {**load_event("build_inline.json"), "replace": True}
+
+
 def raise_runtime_error(**kwargs: Any) -> None:
     raise RuntimeError("boom: connection pool internals at 0xdeadbeef")
 
@@ -536,7 +624,7 @@ def test_unexpected_s3_failure_is_reported_as_internal_error_naming_the_request(
     operation: str,
 ) -> None:
     handler = request.getfixturevalue(handler_name)
-    event = TINY_QUERY if handler_name == "query_handler" else load_event("build_inline.json")
+    event = TINY_QUERY if handler_name == "query_handler" else rebuild_tiny(load_event)
     client = storage.s3_client(storage.DEFAULT_CONCURRENCY)
     client.meta.events.register(f"before-call.s3.{operation}", raise_runtime_error)
 
@@ -573,7 +661,7 @@ def test_denied_s3_access_is_reported_as_storage_error_naming_the_object(
     operation: str,
 ) -> None:
     handler = request.getfixturevalue(handler_name)
-    event = TINY_QUERY if handler_name == "query_handler" else load_event("build_inline.json")
+    event = TINY_QUERY if handler_name == "query_handler" else rebuild_tiny(load_event)
     storage.s3_client(storage.DEFAULT_CONCURRENCY).meta.events.register(
         f"before-call.s3.{operation}", deny_access
     )

@@ -17,6 +17,7 @@ import pytest
 from devtools import local
 from kdbuckets import layout
 from kdbuckets.bucket import decode_bucket
+from kdbuckets.errors import Conflict
 from kdbuckets.manifest import decode_head, decode_manifest
 
 INDEX = local.INDEX_BUCKET
@@ -152,7 +153,9 @@ def test_rebuilding_identical_data_writes_no_new_buckets_and_links_the_parent(
 ) -> None:
     first = build_handler.lambda_handler(load_event("build_inline.json"), lambda_context)
 
-    second = build_handler.lambda_handler(load_event("build_inline.json"), lambda_context)
+    second = build_handler.lambda_handler(
+        {**load_event("build_inline.json"), "replace": True}, lambda_context
+    )
 
     assert second["version"] != first["version"]
     assert second["buckets"] == first["buckets"]
@@ -209,3 +212,17 @@ def test_build_options_from_the_event_are_recorded_in_the_response(
     if "max_depth" in options:
         assert response["buckets"] <= 2 ** options["max_depth"]
     assert_published(s3, response)
+
+
+def test_a_build_event_over_an_existing_collection_needs_replace_or_expected_version(
+    s3: Any, build_handler: ModuleType, lambda_context: Any, load_event: Any
+) -> None:
+    first = build_handler.lambda_handler(load_event("build_inline.json"), lambda_context)
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=INDEX).get("Contents", [])}
+
+    with pytest.raises(Conflict, match=r'"replace": true or "expected_version"'):
+        build_handler.lambda_handler({**load_event("build_inline.json"), "metric": "l2"}, lambda_context)
+
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket=INDEX).get("Contents", [])} == before
+    pinned = {**load_event("build_inline.json"), "expected_version": first["version"]}
+    assert build_handler.lambda_handler(pinned, lambda_context)["version"] != first["version"]

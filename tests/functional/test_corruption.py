@@ -172,7 +172,9 @@ def test_manifest_replaced_by_another_valid_version_is_refused(
     load_event: Any,
     run_query: Any,
 ) -> None:
-    other = build_handler.lambda_handler({**load_event("build_npy.json"), "bucket_size": 300}, lambda_context)
+    other = build_handler.lambda_handler(
+        {**load_event("build_npy.json"), "bucket_size": 300, "replace": True}, lambda_context
+    )
     assert other["version"] != demo["version"]
     # HEAD is set back to the first version, whose manifest now holds the second's bytes
     head_of_first = encode_head(demo["version"], demo["manifest"], fingerprint(get(s3, demo["manifest"])))

@@ -33,13 +33,25 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from urllib3.exceptions import ProtocolError
 
 from devtools import local
-from kdbuckets import Conflict, CorruptObject, StorageError, layout, storage
+from kdbuckets import (
+    CollectionNotFound,
+    Conflict,
+    CorruptObject,
+    InvalidRequest,
+    ObjectStore,
+    Searcher,
+    SourceError,
+    StorageError,
+    layout,
+    service,
+    storage,
+)
 from kdbuckets.bucket import decode_bucket
-from kdbuckets.errors import InternalError
+from kdbuckets.errors import ConfigurationError, InternalError
 from kdbuckets.manifest import decode_head, decode_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
@@ -482,7 +494,7 @@ def test_delete_crashing_at_each_request_in_turn_never_publishes_and_then_succee
 
 
 #: A rebuild split into at most 2**2 = 4 buckets and one id shard: HEAD, 5 uploads, manifest, HEAD.
-REBUILD = build_event(max_depth=2, bucket_size=30, projection="none")
+REBUILD = build_event(max_depth=2, bucket_size=30, projection="none", replace=True)  # over the live version
 BUILD_STEPS = 8
 
 
@@ -609,3 +621,146 @@ def test_rebuild_whose_head_swap_response_is_lost_is_reported_as_published(live:
     assert head != live.built["version"]  # the swap did happen
     assert rebuilt is not None
     assert rebuilt["version"] == head
+
+
+# --------------------------------------------------------------------------- whose fault: caller or S3
+SOURCE = local.SOURCE_BUCKET
+NPY_BUILD = {
+    "collection": "from-source",
+    "source": {"vectors": f"s3://{SOURCE}/faulty/vectors.npy", "ids": f"s3://{SOURCE}/faulty/ids.npy"},
+    "bucket_size": 60,
+}
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def source_reads_fail(monkeypatch: pytest.MonkeyPatch, status: int, code: str, key: str) -> list[str]:
+    """The shared client's GETs of ``key`` in the source bucket fail with ``status``/``code``.
+
+    The error is raised where botocore would raise it after its retries ran out, so it
+    travels through the library's real translation. Returns the keys whose GET failed.
+    """
+    client = storage.s3_client(storage.DEFAULT_CONCURRENCY)
+    real = client.get_object
+    failed: list[str] = []
+
+    def get_object(**kwargs: Any) -> Any:
+        if kwargs["Bucket"] == SOURCE and kwargs["Key"] == key:
+            failed.append(kwargs["Key"])
+            error = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+            raise ClientError(error, "GetObject")  # type: ignore[arg-type]
+        return real(**kwargs)
+
+    monkeypatch.setattr(client, "get_object", get_object)
+    return failed
+
+
+@pytest.fixture
+def sources(s3: Any) -> Any:
+    s3.put_object(Bucket=SOURCE, Key="faulty/vectors.npy", Body=_npy(VECTORS))
+    s3.put_object(Bucket=SOURCE, Key="faulty/ids.npy", Body=_npy(np.arange(N)))
+    return s3
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (500, "InternalError")])
+def test_a_source_read_failing_in_s3_is_a_storage_error_not_the_callers_fault(
+    sources: Any, monkeypatch: pytest.MonkeyPatch, status: int, code: str
+) -> None:
+    failed = source_reads_fail(monkeypatch, status, code, "faulty/ids.npy")
+
+    with pytest.raises(StorageError) as info:
+        service.build(NPY_BUILD, ObjectStore(INDEX))
+
+    assert failed == ["faulty/ids.npy"]
+    assert not isinstance(info.value, InvalidRequest)  # so a caller retries it
+    assert info.value.uri == f"s3://{SOURCE}/faulty/ids.npy"
+    assert code in str(info.value)
+    assert "Contents" not in sources.list_objects_v2(Bucket=INDEX)  # nothing written
+
+
+def test_the_build_handler_reports_a_throttled_source_as_a_storage_error(
+    sources: Any, build_handler: ModuleType, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source_reads_fail(monkeypatch, 503, "SlowDown", "faulty/vectors.npy")
+    with pytest.raises(StorageError, match=rf"s3://{SOURCE}/faulty/vectors\.npy.*SlowDown"):
+        build_handler.lambda_handler(NPY_BUILD, lambda_context)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ({"ids": f"s3://{SOURCE}/faulty/missing.npy"}, "which does not exist"),
+        (
+            {"ids": "s3://kdbuckets-no-such-source-bucket/ids.npy"},
+            "bucket 'kdbuckets-no-such-source-bucket' does not exist",
+        ),
+        ({"ids": f"s3://{SOURCE}/faulty/secret.npy"}, "access denied"),
+    ],
+    ids=["missing object", "missing bucket", "403"],
+)
+def test_a_source_the_caller_named_wrong_is_a_source_error_naming_field_and_uri(
+    sources: Any, monkeypatch: pytest.MonkeyPatch, source: dict[str, str], problem: str
+) -> None:
+    source_reads_fail(monkeypatch, 403, "AccessDenied", "faulty/secret.npy")
+    event = {**NPY_BUILD, "source": {**NPY_BUILD["source"], **source}}
+
+    with pytest.raises(SourceError) as info:
+        service.build(event, ObjectStore(INDEX))
+
+    assert info.value.field == "source.ids"
+    assert source["ids"] in info.value.problem
+    assert problem in info.value.problem
+
+
+# --------------------------------------------------------------------------- the index bucket is missing
+NEVER_CREATED = "kdbuckets-index-never-created"
+ITEMS = [{"id": i, "vector": VECTORS[i].tolist()} for i in range(5)]
+OPERATIONS: dict[str, Any] = {
+    "build": lambda store: service.build({"collection": "c", "source": {"items": ITEMS}}, store),
+    "query": lambda store: service.query(
+        {"collection": "c", "vectors": [ITEMS[0]["vector"]]}, Searcher(store)
+    ),
+    "upsert": lambda store: service.write({"collection": "c", "operation": "upsert", "items": ITEMS}, store),
+    "delete": lambda store: service.write({"collection": "c", "operation": "delete", "ids": [1]}, store),
+    "versions": lambda store: service.write({"collection": "c", "operation": "versions"}, store),
+    "gc": lambda store: service.write({"collection": "c", "operation": "gc"}, store),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_a_missing_index_bucket_is_a_configuration_error_not_a_missing_collection(
+    s3: Any, operation: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        OPERATIONS[operation](ObjectStore(NEVER_CREATED, "idx/"))
+
+    assert not isinstance(info.value, CollectionNotFound)
+    assert str(info.value) == f"index bucket '{NEVER_CREATED}' does not exist; check INDEX_BUCKET"
+
+
+@pytest.mark.parametrize("function", ["query", "write", "build"])
+def test_the_handlers_report_a_missing_index_bucket_as_a_configuration_error(
+    s3: Any,
+    query_handler: ModuleType,
+    write_handler: ModuleType,
+    build_handler: ModuleType,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    function: str,
+) -> None:
+    monkeypatch.setenv("INDEX_BUCKET", NEVER_CREATED)
+    query_handler._searcher = None
+    handler, event = {
+        "query": (query_handler, {"collection": "c", "vectors": [ITEMS[0]["vector"]]}),
+        "write": (write_handler, {"collection": "c", "operation": "delete", "ids": [1]}),
+        "build": (build_handler, {"collection": "c", "source": {"items": ITEMS}}),
+    }[function]
+
+    with pytest.raises(
+        ConfigurationError, match=rf"^index bucket '{NEVER_CREATED}' does not exist; check INDEX_BUCKET$"
+    ):
+        handler.lambda_handler(event, lambda_context)

@@ -79,7 +79,11 @@ def test_build_failing_midway_leaves_the_previous_version_live(
     before = query_handler.lambda_handler(query, lambda_context)
     head_before = s3.get_object(Bucket=INDEX, Key=HEAD_KEY)
     head_body = head_before["Body"].read()
-    v2_event = {**load_event("build_npy.json"), "bucket_size": 150}  # other buckets than v1's
+    v2_event = {
+        **load_event("build_npy.json"),
+        "bucket_size": 150,
+        "replace": True,
+    }  # other buckets than v1's
     failure = FailPuts(kind, after)
     shared_client().meta.events.register("before-parameter-build.s3.PutObject", failure)
 
@@ -154,7 +158,7 @@ def items_event(sample: local.Sample, rows: slice, collection: str = "race") -> 
     vectors = sample.vectors[rows, :16]
     ids = sample.ids[rows]
     items = [{"id": str(i), "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)]
-    return {"collection": collection, "source": {"items": items}, "bucket_size": 25}
+    return {"collection": collection, "source": {"items": items}, "bucket_size": 25, "replace": True}
 
 
 def race(build_handler: ModuleType, lambda_context: Any, events: list[dict[str, Any]]) -> list[Any]:

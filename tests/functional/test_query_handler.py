@@ -202,7 +202,7 @@ def test_pinned_version_still_answers_after_a_rebuild(
     load_event: Any,
 ) -> None:
     rebuilt = build_handler.lambda_handler(
-        {**load_event("build_npy.json"), "bucket_size": 500}, lambda_context
+        {**load_event("build_npy.json"), "bucket_size": 500, "replace": True}, lambda_context
     )
     query_handler._searcher = None  # a new container: it reads the new HEAD
 

@@ -29,3 +29,16 @@ def test_an_invalid_event_exits_1_with_the_error_named(
 ) -> None:
     assert main(["query", str(EVENTS / "bad_query_unknown_mode.json"), "--bucket", s3_store.bucket]) == 1
     assert capsys.readouterr().err.startswith("InvalidRequest: mode")
+
+
+def test_a_write_event_with_an_unknown_operation_exits_1_listing_the_operations(
+    s3_store: ObjectStore, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"collection": "tiny", "operation": "purge"}))
+
+    assert main(["write", str(event), "--bucket", s3_store.bucket]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith("InvalidRequest: operation must be one of 'upsert', 'delete'")
+    assert '"purge"' in err

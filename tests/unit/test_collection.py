@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdbuckets.collection import MAX_DIM, MAX_ID_BYTES, make_collection
+from kdbuckets.collection import MAX_DIM, MAX_ID_BYTES, id_problem, make_collection
 from kdbuckets.errors import InvalidRequest
 
 
@@ -167,3 +167,59 @@ def test_undecodable_text_ids_or_labels_are_invalid_requests(
     with pytest.raises(InvalidRequest) as info:
         make_collection(vecs(2), ids, labels, metric="l2")
     assert info.value.field.startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        ("doc\x007", "U+0000"),
+        ("doc7\n", "U+000A"),
+        ("a\tb", "U+0009"),
+        ("\x1f", "U+001F"),
+        ("del\x7f", "U+007F"),
+    ],
+    ids=["inner-nul", "newline", "tab", "unit-separator", "del"],
+)
+def test_string_ids_with_control_characters_are_refused_by_row(bad: str, code: str) -> None:
+    ids = np.array(["a", "b", "c", bad, "e", "f"])
+    err = invalid("source.ids[3]", vecs(), ids, None)
+    assert code in err.problem
+
+
+def test_a_trailing_nul_is_already_gone_in_a_numpy_text_array_so_it_cannot_hide_a_duplicate() -> None:
+    """numpy pads text with NULs: "doc7" + NUL *is* "doc7" here, and uniqueness catches the pair.
+
+    (Ids that arrive as JSON are checked before they become an array; see id_problem.)
+    """
+    ids = np.array(["doc7", "doc7\x00", "c", "d", "e", "f"])
+    assert ids[1] == "doc7"
+    err = invalid("source.ids", vecs(), ids, None)
+    assert "'doc7' appears 2 times" in err.problem
+
+
+def test_bytes_ids_with_control_characters_are_refused_by_row() -> None:
+    err = invalid("source.ids[1]", vecs(2), np.array([b"a", b"b\x01c"]), None)
+    assert "U+0001" in err.problem
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("doc7", None),
+        (7, None),
+        (-(2**63) + 1, None),
+        ("doc7\x00", "contains control character U+0000 at position 4"),
+        (2**63, "must fit in int64"),
+        (True, "must be a string or an integer, got bool"),
+        (1.5, "must be a string or an integer, got float"),
+        ("", f"must be 1 to {MAX_ID_BYTES} bytes of UTF-8"),
+        ("\ud800", "is not valid UTF-8 text"),
+    ],
+)
+def test_one_rule_says_why_a_json_value_cannot_be_an_id(value: object, problem: str | None) -> None:
+    found = id_problem(value)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert found.startswith(problem)

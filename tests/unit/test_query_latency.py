@@ -2,20 +2,25 @@
 
 - ``recall_target`` picks probes from the manifest's calibration curve and reports them;
 - vectors stored in two buckets come back once;
-- a warm query issues exactly one round of GETs, even when HEAD is due for revalidation;
+- a warm query issues exactly one round of GETs, even when HEAD is due for revalidation, and a
+  cold one three (HEAD, manifest, buckets) — rounds are proven by holding each GET until its
+  whole round is in flight, so nothing here depends on wall-clock time;
 - the /tmp tier serves buckets through read-only memory maps and survives a new Searcher.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
 
-from kdbuckets import distances, storage
+from kdbuckets import distances
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.calibration import probes_for
 from kdbuckets.collection import make_collection
@@ -85,35 +90,56 @@ def test_replicated_vectors_are_returned_once_and_exact_search_equals_brute_forc
     assert np.array_equal(np.array(result.ids), brute(vectors, queries, 25))
 
 
-def count_gets(store: ObjectStore) -> tuple[list[tuple[float, float]], Any]:
-    """Record the [start, end) interval of every GET the shared client sends."""
-    spans: list[tuple[float, float]] = []
-    local = threading.local()
-    lock = threading.Lock()
+class Rounds:
+    """``before-send`` hook proving which GETs are in flight together, by counting, never timing.
 
-    def before(request: Any, **_: Any) -> None:
-        local.start = time.perf_counter()
-        time.sleep(0.02)  # a first-byte latency, so overlapping requests visibly overlap
+    ``sizes`` is the expected number of GETs in each round. Every GET waits, before it is sent,
+    until all GETs of its round have arrived (a barrier): so a round of three can only pass if
+    the library really issues those three at once. A library that serialised them would leave
+    the first waiting alone, and the barrier breaks after ``timeout`` — a generous failure
+    guard, not a measurement: a loaded machine makes correct code slower, never wrong.
+    """
 
-    def after(**_: Any) -> None:
-        with lock:
-            spans.append((local.start, time.perf_counter()))
+    def __init__(self, sizes: list[int], timeout: float = 60.0) -> None:
+        self.sizes = sizes
+        self.barriers = [threading.Barrier(n, timeout=timeout) for n in sizes]
+        self.kinds: list[list[str]] = [[] for _ in sizes]
+        self.extra: list[str] = []  # GETs beyond the expected rounds
+        self.broken: list[int] = []  # rounds whose GETs never all arrived
+        self.arrived = 0
+        self.lock = threading.Lock()
 
-    store.client.meta.events.register("before-send.s3.GetObject", before)
-    store.client.meta.events.register("after-call.s3.GetObject", after)
-    store.client.meta.events.register("after-call-error.s3.GetObject", after)
-    return spans, (before, after)
+    def __call__(self, request: Any, **_: Any) -> None:
+        kind = _KIND.search(unquote(urlsplit(request.url).path))
+        with self.lock:
+            position, self.arrived = self.arrived, self.arrived + 1
+            bounds = np.cumsum(self.sizes)
+            which = int(np.searchsorted(bounds, position, side="right"))
+            if which >= len(self.sizes):
+                self.extra.append(kind[1] if kind else "other")
+                return
+            self.kinds[which].append(kind[1] if kind else "other")
+        try:
+            self.barriers[which].wait()
+        except threading.BrokenBarrierError:
+            with self.lock:
+                self.broken.append(which)
+            raise
+
+    @contextmanager
+    def watching(self, store: ObjectStore) -> Iterator[Rounds]:
+        """Hold the store's GETs to this schedule inside the ``with`` block."""
+        events = store.client.meta.events
+        events.register("before-send.s3.GetObject", self)
+        try:
+            yield self
+        finally:
+            events.unregister("before-send.s3.GetObject", self)
+            for barrier in self.barriers:
+                barrier.abort()  # nobody may stay waiting on a round that will not fill
 
 
-def rounds(spans: list[tuple[float, float]]) -> int:
-    count, end = 0, float("-inf")
-    for start, stop in sorted(spans):
-        if start >= end:
-            count += 1
-            end = stop
-        else:
-            end = max(end, stop)
-    return count
+_KIND = re.compile(r"/(HEAD|manifests|buckets)(?:/|$)")
 
 
 def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(index: Any) -> None:
@@ -121,24 +147,26 @@ def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(inde
     searcher = Searcher(store, head_ttl=0.0)  # revalidate HEAD on every query
     searcher.search("lat", vectors[:1], k=5, probes=3)  # cold: HEAD, manifest, buckets
     searcher.buckets.clear()  # a big collection: this query's buckets are not cached
-    spans, _ = count_gets(store)
-    try:
+
+    with Rounds([4]).watching(store) as rounds:  # 3 buckets + the conditional GET of HEAD, at once
         result = searcher.search("lat", vectors[100:101], k=5, probes=3)
-    finally:
-        storage.reset_clients()
+
     assert result.stats.buckets_fetched == 3
-    assert len(spans) == 4  # 3 buckets + the conditional GET of HEAD
-    assert rounds(spans) == 1
+    assert rounds.broken == []
+    assert sorted(rounds.kinds[0]) == ["HEAD", "buckets", "buckets", "buckets"]
+    assert rounds.extra == []
 
 
 def test_a_cold_query_needs_at_most_three_rounds(index: Any) -> None:
     store, vectors = index
-    spans, _ = count_gets(store)
-    try:
-        Searcher(store).search("lat", vectors[:1], k=5, probes=3)
-    finally:
-        storage.reset_clients()
-    assert rounds(spans) == 3  # HEAD → manifest → buckets
+
+    with Rounds([1, 1, 3]).watching(store) as rounds:  # HEAD → manifest → the buckets together
+        result = Searcher(store).search("lat", vectors[:1], k=5, probes=3)
+
+    assert result.stats.buckets_fetched == 3
+    assert rounds.broken == []
+    assert rounds.kinds == [["HEAD"], ["manifests"], ["buckets", "buckets", "buckets"]]
+    assert rounds.extra == []
 
 
 def test_the_disk_tier_serves_buckets_through_read_only_maps(index: Any, tmp_path: Any) -> None:

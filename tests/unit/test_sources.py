@@ -13,7 +13,7 @@ import pytest
 
 from kdbuckets.errors import InvalidRequest, SourceError, StorageError
 from kdbuckets.sources import items_to_collection, load_npy, read_source, vector_matrix
-from kdbuckets.storage import NotFound, S3Uri
+from kdbuckets.storage import AccessDenied, BucketNotFound, NotFound, PreconditionFailed, S3Uri
 
 SRC = "s3://kdbuckets-src/data"
 
@@ -184,14 +184,64 @@ def test_missing_source_object_is_a_source_error_naming_the_uri() -> None:
     assert f"{SRC}/missing.npy" in err.problem
 
 
-def test_unreadable_source_object_is_a_source_error() -> None:
-    def broken(uri: S3Uri) -> bytes:
-        raise StorageError("access denied")
+def failing(exc: Exception) -> Callable[[S3Uri], bytes]:
+    """A ``fetch`` whose every read fails with ``exc``."""
 
+    def fetch(uri: S3Uri) -> bytes:
+        raise exc
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    ("exc", "problem"),
+    [
+        (NotFound("gone", bucket="kdbuckets-src", key="data/v.npy"), "which does not exist"),
+        (BucketNotFound("no bucket", bucket="kdbuckets-src", key="data/v.npy"), "bucket 'kdbuckets-src'"),
+        (AccessDenied("denied", bucket="kdbuckets-src", key="data/v.npy"), "access denied"),
+    ],
+    ids=["missing object", "missing bucket", "403"],
+)
+@pytest.mark.parametrize("field", ["vectors", "jsonl", "label_names"])
+def test_a_source_the_caller_got_wrong_is_a_source_error_naming_field_and_uri(
+    exc: StorageError, problem: str, field: str
+) -> None:
+    source: dict[str, Any] = {field: f"{SRC}/v.npy"}
+    if field == "label_names":
+        labels = npy(np.array([0, 1, 0, 1, 0]))
+        source = {"vectors": f"{SRC}/vec.npy", "labels": f"{SRC}/lab.npy", "label_names": f"{SRC}/v.npy"}
+        objects = {f"{SRC}/vec.npy": npy(VECTORS), f"{SRC}/lab.npy": labels}
+
+        def fetch(uri: S3Uri) -> bytes:
+            name = f"s3://{uri.bucket}/{uri.key}"
+            if name in objects:
+                return objects[name]
+            raise exc
+
+    else:
+        fetch = failing(exc)
     err = expect_invalid(
-        "source.vectors", lambda: read_source({"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=broken)
+        f"source.{field}", lambda: read_source(source, metric="l2", fetch=fetch), source_error=True
     )
-    assert "could not be read" in err.problem
+    assert f"{SRC}/v.npy" in err.problem
+    assert problem in err.problem
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        StorageError("S3 request for s3://kdbuckets-src/data/v.npy failed: SlowDown"),
+        StorageError("s3://kdbuckets-src/data/v.npy was cut off 4 times while streaming"),
+        PreconditionFailed("conditional read lost"),
+    ],
+    ids=["throttled", "cut off", "other StorageError subclass"],
+)
+def test_a_transient_storage_failure_is_not_blamed_on_the_caller(exc: StorageError) -> None:
+    # A SourceError is an InvalidRequest: callers would not retry what S3 may well serve next time.
+    with pytest.raises(StorageError) as info:
+        read_source({"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=failing(exc))
+    assert info.value is exc
+    assert not isinstance(info.value, InvalidRequest)
 
 
 @pytest.mark.parametrize("uri", ["http://x/y.npy", "s3://UPPER/x.npy", "s3://bucket", 5, "s3://bucket/x\x00"])
