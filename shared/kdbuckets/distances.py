@@ -43,6 +43,61 @@ def pairwise(
     return np.maximum(q_sq[:, None] - 2.0 * dots + sq_norms[None, :], 0.0)
 
 
+def selection(
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    metric: str,
+    centre: np.ndarray | None = None,
+    sq_norms: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Selection scores split as ``base[:, None] + delta``: (nq,) float64 and (nq, n) float32.
+
+    ``vectors`` are a bucket's rows minus ``centre`` (raw rows when ``centre`` is None) and
+    ``sq_norms`` their squared norms (l2 only). Why split: far from the origin the float32
+    expansion ‖q‖² − 2q·v + ‖v‖² (or q·v near ‖q‖‖v‖) cancels away every digit that tells
+    neighbours apart. Relative to a centre near the rows, the float32 products stay as small
+    as the bucket's spread, and the large per-query term ``base`` is kept in float64. Within
+    one query, ``delta`` alone orders the rows; ``base + delta`` in float64 compares buckets.
+    For ``l2`` the scores are squared distances.
+    """
+    if metric == "l2":
+        shifted = queries if centre is None else queries - centre
+        base = np.einsum("ij,ij->i", shifted.astype(np.float64), shifted.astype(np.float64))
+        delta = shifted @ vectors.T
+        delta *= -2.0
+        delta += np.einsum("ij,ij->i", vectors, vectors) if sq_norms is None else sq_norms
+        return base, delta
+    delta = queries @ vectors.T
+    np.negative(delta, out=delta)
+    if centre is None:
+        base = np.zeros(len(queries), np.float64)
+    else:
+        base = -(queries.astype(np.float64) @ centre.astype(np.float64))
+    if metric == "cosine":
+        base += 1.0
+    return base, delta
+
+
+def exact_pairs(queries: np.ndarray, vectors: np.ndarray, metric: str, clamp: bool = True) -> np.ndarray:
+    """Reported float64 distance of each query row to the vector row beside it.
+
+    ``queries`` and ``vectors`` have the same shape (..., d) (or broadcast to it); the result
+    has shape (...). Callers bound the float64 temporaries by passing blocks of pairs.
+    ``clamp=False`` keeps cosine's unclamped 1 - cos, which still orders near-identical
+    vectors that the clamp at 0 would tie (rank by it, report the clamped value).
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    v = np.asarray(vectors, dtype=np.float64)
+    if metric == "l2":
+        diff = q - v
+        return np.sqrt(np.einsum("...i,...i->...", diff, diff))
+    dots = np.einsum("...i,...i->...", q, v)
+    # Rounding can push 1 - cos a hair below zero for identical vectors; distances are >= 0.
+    if metric == "cosine":
+        return np.maximum(1.0 - dots, 0.0) if clamp else 1.0 - dots
+    return -dots
+
+
 def exact(queries: np.ndarray, neighbours: np.ndarray, metric: str) -> np.ndarray:
     """Reported distances in float64 for each query against its own rows.
 
@@ -53,12 +108,6 @@ def exact(queries: np.ndarray, neighbours: np.ndarray, metric: str) -> np.ndarra
 
     Returns
     -------
-    (nq, k) float64 distances.
+    (nq, k) float64 distances. (The query path uses :func:`exact_pairs` on bounded blocks.)
     """
-    q = queries.astype(np.float64)[:, None, :]
-    v = neighbours.astype(np.float64)
-    if metric == "l2":
-        return np.sqrt(np.square(q - v).sum(axis=2))
-    dots = (q * v).sum(axis=2)
-    # Rounding can push 1 - cos a hair below zero for identical vectors; distances are >= 0.
-    return np.maximum(1.0 - dots, 0.0) if metric == "cosine" else -dots
+    return exact_pairs(queries[:, None, :], neighbours, metric)

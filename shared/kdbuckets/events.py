@@ -27,7 +27,7 @@ from .collection import Collection, control_problem, id_problem
 from .errors import InvalidRequest
 from .filters import Filter, parse_filter
 from .params import BuildParams, Ranking, RequestModel, field_error, to_invalid_request
-from .searcher import MAX_K
+from .searcher import CONSISTENCIES, DEFAULT_CONSISTENCY, MAX_K
 from .sources import items_to_collection, vector_matrix
 
 MAX_QUERY_VECTORS = 1000
@@ -101,6 +101,7 @@ class QueryRequest(RequestModel):
     mode: Literal["search", "classify"] = "search"
     version: VersionId | None = None
     ranking: Ranking | None = None
+    consistency: Literal[CONSISTENCIES] = DEFAULT_CONSISTENCY  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _one_probe_knob_and_a_response_that_fits(self) -> QueryRequest:

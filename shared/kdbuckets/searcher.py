@@ -15,18 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from . import distances, layout
+from . import catalog, distances, layout, scoring
 from .bucket import Bucket, decode_bucket
 from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
-from .codec import fingerprint
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest, KdBucketsError
 from .filters import Filter
-from .manifest import Head, Manifest, decode_head, decode_manifest
+from .manifest import Head, Manifest
 from .ranking import RANKINGS, bucket_scores, top_buckets
 from .storage import NotFound, ObjectStore
 
 DEFAULT_RANKING = "centroid"
+#: "strong": every query revalidates HEAD (read-your-writes); "eventual": HEAD is trusted for
+#: ``head_ttl`` seconds (the staleness bound).
+CONSISTENCIES = ("strong", "eventual")
+DEFAULT_CONSISTENCY = "strong"
 DEFAULT_RECALL_TARGET = 0.95
 DEFAULT_PROBES = 8
 MAX_K = 1000
@@ -47,9 +50,17 @@ class QueryStats:
     probes: int = 0
     recall_target: float | None = None
     elapsed_ms: float = 0.0
+    #: rounds of bucket reads (each one parallel round of GETs); 1 unless the request needed
+    #: more than scoring.ROUND_BYTES of buckets at once or widened
+    fetch_rounds: int = 0
+    #: per query: False when it returned fewer than its k results (min(k, count) without a
+    #: filter) because a bound (max_probes, MAX_FILTER_PROBES) stopped it, not the data
+    complete: list[bool] = field(default_factory=list)
+    #: "strong" or "eventual" for queries of the live version, "pinned" for a given version
+    consistency: str = "strong"
 
-    def as_dict(self) -> dict[str, float | int | bool]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "complete": list(self.complete)}
 
 
 @dataclass
@@ -92,9 +103,14 @@ class Classification:
 
 @dataclass
 class _HeadState:
-    head: Head
-    etag: str
+    """A verified HEAD and when it was last confirmed current."""
+
+    verified: catalog.HeadState
     checked_at: float
+
+    @property
+    def head(self) -> Head:
+        return self.verified.head
 
 
 class Searcher:
@@ -128,32 +144,31 @@ class Searcher:
 
     # -- public API ------------------------------------------------------------------------
     def manifest(
-        self, collection: str, version: str | None = None, stats: QueryStats | None = None
+        self,
+        collection: str,
+        version: str | None = None,
+        stats: QueryStats | None = None,
+        *,
+        ttl: float | None = None,
     ) -> Manifest:
-        """The manifest of the live (or pinned) version, from cache when possible."""
+        """The manifest of the live (or pinned) version, from cache when possible.
+
+        Reading and verifying is the catalog's job; this adds the container-wide caches.
+        """
         layout.check_collection(collection)
         stats = stats or QueryStats()
         expected_sha = None
         if version is None:
-            head = self._head(collection, stats)
+            head = self._head(collection, stats, self.head_ttl if ttl is None else ttl)
             version, expected_sha = head.version, head.sha256
+        else:
+            layout.check_version(version)
         cached = self._manifests.get((collection, version))
         if cached is not None:
             return cached
-        key = layout.manifest_key(collection, _check_version(version))
-        try:
-            body, _ = self.store.get(key)
-        except NotFound:
-            if expected_sha is not None:  # HEAD names it, so it must exist
-                raise CorruptObject(key, "HEAD names a manifest that does not exist") from None
-            raise CollectionNotFound(collection, version) from None
         stats.s3_gets += 1
+        manifest, _ = catalog.load_manifest(self.store, collection, version, expected_sha256=expected_sha)
         stats.manifest_fetched = True
-        if expected_sha is not None and fingerprint(body) != expected_sha:
-            raise CorruptObject(key, "SHA-256 differs from the one HEAD names")
-        manifest = decode_manifest(body, key=key)
-        if manifest.version != version or manifest.collection != collection:
-            raise CorruptObject(key, "manifest names a different collection or version")
         with self._lock:
             if len(self._manifests) >= _MANIFESTS_KEPT:
                 self._manifests.pop(next(iter(self._manifests)))
@@ -172,6 +187,7 @@ class Searcher:
         ranking: str | None = None,
         filter: Filter | None = None,
         max_probes: int | None = None,
+        consistency: str = DEFAULT_CONSISTENCY,
     ) -> SearchResult:
         """k nearest neighbours of each row of ``queries`` (nq, d).
 
@@ -179,7 +195,13 @@ class Searcher:
         build-time calibration says reach that recall@10. With neither, the target is
         :data:`DEFAULT_RECALL_TARGET` (or :data:`DEFAULT_PROBES` for an uncalibrated index).
         With ``filter``, only vectors whose metadata match count, and more buckets are read
-        (up to ``max_probes``) until every query has k matches.
+        (up to ``max_probes``) until every query has k matches. Any query short of
+        ``min(k, count)`` results widens the same way, so fewer results always have a reason
+        (a filter, or ``max_probes``: see ``stats.complete``).
+
+        ``consistency`` "strong" (default) answers from the version HEAD names when the query
+        starts — an acknowledged write is always visible; "eventual" may answer from a version
+        up to ``head_ttl`` seconds old, saving nothing but the conditional GET of HEAD.
         """
         started = time.perf_counter()
         stats = QueryStats()
@@ -187,7 +209,7 @@ class Searcher:
             collection,
             version,
             stats,
-            started,
+            consistency,
             lambda m: self._search(
                 m, queries, k, probes, recall_target, ranking, stats, started, filter, max_probes
             ),
@@ -205,6 +227,7 @@ class Searcher:
         ranking: str | None = None,
         filter: Filter | None = None,
         max_probes: int | None = None,
+        consistency: str = DEFAULT_CONSISTENCY,
     ) -> Classification:
         """Distance-weighted k-NN vote over the neighbours :meth:`search` finds."""
         started = time.perf_counter()
@@ -220,41 +243,57 @@ class Searcher:
             )
             return vote(result, manifest.metric)
 
-        return self._run(collection, version, stats, started, run)
+        return self._run(collection, version, stats, consistency, run)
 
     def rank(
         self, manifest: Manifest, queries: np.ndarray, probes: int, ranking: str | None = None
     ) -> np.ndarray:
-        """The ``probes`` best buckets for each prepared query, best first — shape (nq, probes)."""
+        """The ``probes`` best buckets for each prepared query, best first — shape (nq, probes).
+
+        Scored in blocks of queries, so that the (queries × buckets) scores stay bounded.
+        """
         ranking = ranking or manifest.params.get("ranking", DEFAULT_RANKING)
         if ranking not in RANKINGS:
             raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {ranking!r}")
-        scores = bucket_scores(queries, manifest.buckets.centroids, manifest.tree, manifest.metric, ranking)
         empty = manifest.buckets.rows == 0
-        scores[:, empty] = np.inf  # an emptied bucket is never worth a GET...
-        return top_buckets(
-            scores, max(1, min(probes, int((~empty).sum())))
-        )  # ...even when probes exceed the rest
+        probes = max(1, min(probes, int((~empty).sum())))  # an emptied bucket is never worth a GET
+        out = np.empty((len(queries), probes), dtype=np.int64)
+        step = max(1, scoring.BLOCK_SCORES // max(1, manifest.n_buckets))
+        for start in range(0, len(queries), step):
+            block = queries[start : start + step]
+            scores = bucket_scores(block, manifest.buckets.centroids, manifest.tree, manifest.metric, ranking)
+            scores[:, empty] = np.inf
+            out[start : start + step] = top_buckets(scores, probes)
+        return out
 
     # -- internals -------------------------------------------------------------------------
-    def _run(self, collection: str, version: str | None, stats: QueryStats, started: float, work: Any) -> Any:
+    def _run(
+        self, collection: str, version: str | None, stats: QueryStats, consistency: str, work: Any
+    ) -> Any:
         """Run ``work(manifest)`` on the live (or pinned) manifest in as few GET rounds as possible.
 
-        A warm container whose HEAD is due for revalidation does not wait for it: the
-        conditional GET of HEAD runs alongside the bucket GETs of the cached version, and
-        only if HEAD moved is the work redone on the new version.
+        A warm container whose HEAD is due for revalidation (always, under strong consistency)
+        does not wait for it: the conditional GET of HEAD runs alongside the bucket GETs of the
+        cached version, and only if HEAD moved is the work redone on the new version — so the
+        answer always comes from the version HEAD named after the query arrived. Whatever the
+        cached version made the work fail with (a rebuild changed the dimension, an old
+        version's buckets were collected) counts only if HEAD did not move.
         """
+        if consistency not in CONSISTENCIES:
+            raise InvalidRequest("consistency", f"must be one of {list(CONSISTENCIES)}, got {consistency!r}")
+        ttl = 0.0 if consistency == "strong" else self.head_ttl
+        stats.consistency = consistency if version is None else "pinned"
         if version is None:
             state = self._heads.get(collection)
-            stale = state is not None and time.monotonic() - state.checked_at >= self.head_ttl
+            stale = state is not None and time.monotonic() - state.checked_at >= ttl
             cached = self._manifests.get((collection, state.head.version)) if state else None
             if stale and cached is not None:
                 head_stats = QueryStats()
-                pending = self.store.submit(self._head, collection, head_stats)
+                pending = self.store.submit(self._head, collection, head_stats, ttl)
                 failure: KdBucketsError | None = None
                 try:
                     result = work(cached)
-                except CorruptObject as exc:  # e.g. an old version's buckets already collected
+                except KdBucketsError as exc:
                     failure = exc
                 finally:
                     head = pending.result()
@@ -264,7 +303,7 @@ class Searcher:
                         raise failure
                     return result
                 _reset_counts(stats)  # HEAD moved on: redo on the new version
-        return work(self.manifest(collection, version, stats))
+        return work(self.manifest(collection, version, stats, ttl=ttl))
 
     def _search(
         self,
@@ -279,57 +318,69 @@ class Searcher:
         filter: Filter | None = None,
         max_probes: int | None = None,
     ) -> SearchResult:
+        """Streaming exact k-NN over each query's best buckets, widened where a query is short.
+
+        Each query reads its ``probes`` best buckets. A query left with fewer results than its
+        target — k matches with a filter, else min(k, vectors in the collection) — reads the
+        next ones (doubling its probes) until it has them or a bound stops it: ``max_probes``,
+        and with a filter at most :data:`MAX_FILTER_PROBES`. A widening step reads only the
+        query's new positions, and buckets this request still holds are not read again.
+        Buckets are read in rounds of at most ``scoring.ROUND_BYTES`` decoded bytes, each
+        scored and resolved before the next round is read, so memory is bounded by the round
+        budget plus O(nq × k) whatever the request.
+        """
         q = self._prepare_queries(queries, manifest)
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
+        scoring.check_result_count(len(q), k)
         probes = min(self._resolve_probes(manifest, probes, recall_target, stats), manifest.n_buckets)
-        if filter is None:
-            probe_lists = self.rank(manifest, q, probes, ranking)
-            stats.probes = probe_lists.shape[1]
-            buckets = self._fetch(manifest, np.unique(probe_lists), stats)
-            result = _exact_top_k(q, probe_lists, buckets, k, manifest)
+        table = manifest.buckets
+        readable = max(1, int((table.rows > 0).sum()))
+        if filter is not None:
+            target, limit = k, min(readable, max_probes or MAX_FILTER_PROBES)
         else:
-            result = self._filtered(manifest, q, k, probes, ranking, stats, filter, max_probes)
+            target = min(k, manifest.count)
+            limit = readable if max_probes is None else min(readable, max(probes, max_probes))
+        decoded = table.sizes * (2 if manifest.dtype == "float16" else 1)
+        top = scoring.TopK(len(q), k)
+        held: dict[int, Bucket] = {}  # buckets read by this request and still in hand
+        pending, done, p = np.arange(len(q)), 0, min(probes, limit)
+        while True:
+            lists = self.rank(manifest, q[pending], p, ranking)[:, done:]
+            by_bucket = scoring.group_by_bucket(np.repeat(pending, lists.shape[1]), lists.ravel())
+            needed = np.fromiter(by_bucket, dtype=np.int64, count=len(by_bucket))
+            fresh = needed[[b not in held for b in needed.tolist()]]
+            if held and int(decoded[fresh].sum() + decoded[list(held)].sum()) > scoring.ROUND_BYTES:
+                held, fresh = {}, needed  # cannot keep both: release, re-read what is needed again
+            reuse = {b: held[b] for b in needed.tolist() if b in held}
+            rounds = scoring.plan_rounds(fresh, table.sizes, manifest.dtype) or [fresh]
+            for i, group in enumerate(rounds):
+                buckets = self._fetch(manifest, group, stats) if group.size else {}
+                if i == 0:
+                    buckets.update(reuse)
+                for b, bucket in buckets.items():
+                    mask = None if filter is None else filter.mask(bucket.metadata, bucket.count)
+                    scoring.score_bucket(
+                        top, q, by_bucket[b], b, bucket, manifest.metric, table.centroids[b], mask
+                    )
+                top.resolve(q, buckets, manifest.metric)
+                if len(rounds) == 1:  # it fits beside what is held: keep it for later widening
+                    held.update(buckets)
+                del buckets  # else release this round before the next one is read
+            reuse = {}
+            stats.probes = p
+            short = top.found(pending) < target
+            if not short.any() or p >= limit:
+                break
+            pending, done, p = pending[short], p, min(limit, 2 * p)
+        complete = np.ones(len(q), dtype=bool)
+        complete[pending[short]] = p >= readable
+        stats.complete = complete.tolist()
+        dist, ids, labels, meta = top.finish(manifest.metric)
+        result = SearchResult(manifest.version, dist, ids, labels, manifest.label_names, metadata=meta)
         result.stats = stats
         stats.elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
         return result
-
-    def _filtered(
-        self,
-        manifest: Manifest,
-        q: np.ndarray,
-        k: int,
-        probes: int,
-        ranking: str | None,
-        stats: QueryStats,
-        filt: Filter,
-        max_probes: int | None,
-    ) -> SearchResult:
-        """Filtered search: widen the probe set (doubling) for queries with fewer than k matches.
-
-        Stops when every query has k matches or ``max_probes`` buckets (default: all of them,
-        capped at :data:`MAX_FILTER_PROBES`) were read — so k results come back whenever at
-        least k vectors match within that bound, never silently fewer.
-        """
-        limit = min(manifest.n_buckets, max_probes or MAX_FILTER_PROBES)
-        order = self.rank(manifest, q, manifest.n_buckets, ranking)
-        masks: dict[int, np.ndarray] = {}
-        result: SearchResult | None = None
-        pending = np.arange(len(q))
-        p = min(probes, limit)
-        while True:
-            lists = order[pending, :p]
-            buckets = self._fetch(manifest, np.unique(lists), stats, accumulate=True)
-            for b, bucket in buckets.items():
-                if b not in masks:
-                    masks[b] = filt.mask(bucket.metadata, bucket.count)
-            part = _exact_top_k(q[pending], lists, buckets, k, manifest, masks)
-            result = part if result is None else _merge_rows(result, part, pending)
-            stats.probes = p
-            short = np.isfinite(part.distances).sum(axis=1) < k
-            if not short.any() or p >= limit:
-                return result
-            pending, p = pending[short], min(limit, 2 * p)
 
     def _resolve_probes(
         self, manifest: Manifest, probes: int | None, recall_target: float | None, stats: QueryStats
@@ -354,28 +405,22 @@ class Searcher:
         stats.recall_target = target
         return chosen
 
-    def _head(self, collection: str, stats: QueryStats) -> Head:
-        key = layout.head_key(collection)
+    def _head(self, collection: str, stats: QueryStats, ttl: float) -> Head:
+        """HEAD, trusted for ``ttl`` seconds, then revalidated by a conditional GET."""
         now = time.monotonic()
         state = self._heads.get(collection)
-        if state is not None and now - state.checked_at < self.head_ttl:
+        if state is not None and now - state.checked_at < ttl:
             return state.head
-        try:
-            stats.s3_gets += 1
-            if state is not None:
-                fresh = self.store.get_if_changed(key, state.etag)
-                if fresh is None:
-                    state.checked_at = now
-                    return state.head
-                body, etag = fresh
-            else:
-                body, etag = self.store.get(key)
-        except NotFound:
+        stats.s3_gets += 1
+        if state is None:
+            fresh = catalog.read_head(self.store, collection)
+        else:
+            fresh = catalog.revalidate_head(self.store, collection, state.verified)
+        if fresh is None:
             self._heads.pop(collection, None)
-            raise CollectionNotFound(collection) from None
-        head = decode_head(body, key=key)
-        self._heads[collection] = _HeadState(head, etag, now)
-        return head
+            raise CollectionNotFound(collection)
+        self._heads[collection] = _HeadState(fresh, now)
+        return fresh.head
 
     def _prepare_queries(self, queries: np.ndarray, manifest: Manifest) -> np.ndarray:
         if queries.ndim != 2 or queries.shape[0] == 0:
@@ -396,10 +441,12 @@ class Searcher:
                 )
         return distances.prepare(queries, manifest.metric)
 
-    def _fetch(
-        self, manifest: Manifest, needed: np.ndarray, stats: QueryStats, accumulate: bool = False
-    ) -> dict[int, Bucket]:
-        """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs."""
+    def _fetch(self, manifest: Manifest, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
+        """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs.
+
+        One call is one fetch round; the figures in ``stats`` add up over a request's rounds.
+        """
+        stats.fetch_rounds += 1
         out: dict[int, Bucket] = {}
         missing: list[int] = []
         for b in needed.tolist():
@@ -413,14 +460,12 @@ class Searcher:
                 out[b] = hit
             else:
                 missing.append(b)
-        stats.cache_hits = len(out) + (stats.cache_hits if accumulate else 0)
+        stats.cache_hits += len(out)
         keys = [layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b]) for b in missing]
         try:
             bodies = self.store.get_many(keys)
         except NotFound as exc:
-            raise CorruptObject(
-                str(exc).split(" does not exist")[0], "bucket named by the manifest is missing"
-            ) from None
+            raise CorruptObject(exc.uri or "", "bucket named by the manifest is missing") from None
         for b, key, body in zip(missing, keys, bodies, strict=True):
             fp = manifest.buckets.fingerprints[b]
             bucket = decode_bucket(body, key=key, expected_fingerprint=fp)
@@ -431,121 +476,15 @@ class Searcher:
                 self.disk.put(fp, bucket)
             out[b] = bucket
             stats.bytes_fetched += len(body)
-        stats.buckets_fetched = len(missing) + (stats.buckets_fetched if accumulate else 0)
+        stats.buckets_fetched += len(missing)
         stats.s3_gets += len(missing)
         return out
 
 
-def _exact_top_k(
-    queries: np.ndarray,
-    probe_lists: np.ndarray,
-    buckets: dict[int, Bucket],
-    k: int,
-    manifest: Manifest,
-    masks: dict[int, np.ndarray] | None = None,
-) -> SearchResult:
-    """Score every fetched bucket once against the queries that probe it; merge to top k.
-
-    ``masks`` (bucket → bool per row) excludes the rows a metadata filter rejects.
-    """
-    nq, p = probe_lists.shape
-    cand_d = np.full((nq, p, k), np.inf, dtype=np.float32)
-    cand_ref = np.full((nq, p, k), -1, dtype=np.int64)
-    for b, bucket in buckets.items():
-        hit = probe_lists == b
-        qi = np.flatnonzero(hit.any(axis=1))
-        if bucket.count == 0 or qi.size == 0:
-            continue
-        slot = np.argmax(hit[qi], axis=1)
-        d = distances.pairwise(
-            queries[qi],
-            bucket.vectors,
-            manifest.metric,
-            bucket.sq_norms() if manifest.metric == "l2" else None,
-        )
-        if masks is not None:
-            d[:, ~masks[b]] = np.inf
-        kk = min(k, bucket.count)
-        top = (
-            np.argpartition(d, kk - 1, axis=1)[:, :kk]
-            if kk < bucket.count
-            else np.broadcast_to(np.arange(bucket.count), d.shape)
-        )
-        chosen = np.take_along_axis(d, top, axis=1)
-        cand_d[qi, slot, :kk] = chosen
-        cand_ref[qi, slot, :kk] = np.where(np.isfinite(chosen), (b << 32) | top, -1)
-    flat_d, flat_ref = cand_d.reshape(nq, -1), cand_ref.reshape(nq, -1)
-    if any(bucket.keys is not None for bucket in buckets.values()):
-        _drop_duplicates(flat_d, flat_ref, buckets)
-    order = np.lexsort((flat_ref, flat_d), axis=-1)[:, :k]
-    refs = np.take_along_axis(flat_ref, order, axis=1)
-    # Recompute the winners' distances exactly (float64) and re-sort: the reported figures
-    # match brute force to float64 precision, and near-ties are ordered correctly.
-    neighbours = np.zeros((nq, refs.shape[1], manifest.dim), dtype=np.float32)
-    label_codes = np.full(refs.shape, -1, dtype=np.int32)
-    ids: list[list[int | str | None]] = [[None] * refs.shape[1] for _ in range(nq)]
-    meta: list[list[dict[str, Any] | None]] = [[None] * refs.shape[1] for _ in range(nq)]
-    valid = refs >= 0
-    bucket_of, row_of = refs >> 32, refs & 0xFFFFFFFF
-    for b in np.unique(bucket_of[valid]).tolist():
-        sel = valid & (bucket_of == b)
-        rows = row_of[sel]
-        bucket = buckets[b]
-        neighbours[sel] = bucket.vectors[rows]
-        if bucket.labels is not None:
-            label_codes[sel] = bucket.labels[rows]
-        where = np.argwhere(sel).tolist()
-        for (qi, j), ident in zip(where, bucket.ids.take(rows), strict=True):
-            ids[qi][j] = ident
-        if bucket.metadata is not None:
-            for (qi, j), record in zip(where, bucket.metadata.take(rows), strict=True):
-                meta[qi][j] = record
-    dist = np.where(valid, distances.exact(queries, neighbours, manifest.metric), np.inf)
-    resort = np.lexsort((np.where(valid, refs, np.iinfo(np.int64).max), dist), axis=-1)
-    dist = np.take_along_axis(dist, resort, axis=1)
-    label_codes = np.take_along_axis(label_codes, resort, axis=1)
-    ids = [[row[j] for j in perm] for row, perm in zip(ids, resort.tolist(), strict=True)]
-    meta = [[row[j] for j in perm] for row, perm in zip(meta, resort.tolist(), strict=True)]
-    if refs.shape[1] < k:  # fewer candidates than k in the whole probe set
-        pad = k - refs.shape[1]
-        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
-        label_codes = np.pad(label_codes, ((0, 0), (0, pad)), constant_values=-1)
-        ids = [row + [None] * pad for row in ids]
-        meta = [row + [None] * pad for row in meta]
-    return SearchResult(manifest.version, dist, ids, label_codes, manifest.label_names, metadata=meta)
-
-
-def _merge_rows(base: SearchResult, part: SearchResult, rows: np.ndarray) -> SearchResult:
-    """Replace the rows ``rows`` of ``base`` by the rows of ``part`` (a widened re-search)."""
-    base.distances[rows] = part.distances
-    base.label_codes[rows] = part.label_codes
-    for i, row in enumerate(rows.tolist()):
-        base.ids[row] = part.ids[i]
-        base.metadata[row] = part.metadata[i]
-    return base
-
-
-def _drop_duplicates(flat_d: np.ndarray, flat_ref: np.ndarray, buckets: dict[int, Bucket]) -> None:
-    """A vector replicated into two probed buckets keeps only its first copy (in place)."""
-    keys = np.full(flat_ref.shape, -1, dtype=np.int64)
-    valid = flat_ref >= 0
-    bucket_of, row_of = flat_ref >> 32, flat_ref & 0xFFFFFFFF
-    for b in np.unique(bucket_of[valid]).tolist():
-        sel = valid & (bucket_of == b)
-        bucket_keys = buckets[b].keys
-        keys[sel] = bucket_keys[row_of[sel]] if bucket_keys is not None else -2 - flat_ref[sel]
-    order = np.lexsort((flat_ref, flat_d, keys), axis=-1)
-    sorted_keys = np.take_along_axis(keys, order, axis=1)
-    dup = np.zeros(keys.shape, dtype=bool)
-    dup[:, 1:] = (sorted_keys[:, 1:] == sorted_keys[:, :-1]) & (sorted_keys[:, 1:] != -1)
-    rows = np.broadcast_to(np.arange(len(keys))[:, None], keys.shape)
-    flat_d[rows[dup], order[dup]] = np.inf
-    flat_ref[rows[dup], order[dup]] = -1
-
-
 def _reset_counts(stats: QueryStats) -> None:
     """Forget the per-request bucket figures of a pass that is about to be redone."""
-    stats.buckets_fetched = stats.bytes_fetched = stats.cache_hits = 0
+    stats.buckets_fetched = stats.bytes_fetched = stats.cache_hits = stats.fetch_rounds = 0
+    stats.complete = []
 
 
 def vote(result: SearchResult, metric: str) -> Classification:
@@ -566,14 +505,3 @@ def vote(result: SearchResult, metric: str) -> Classification:
     winners = np.argmax(shares, axis=1)
     predicted = [names[w] if totals[i, 0] > 0 else None for i, w in enumerate(winners.tolist())]
     return Classification(predicted=predicted, shares=shares, label_names=names, neighbours=result)
-
-
-def _check_version(version: object) -> str:
-    if (
-        not isinstance(version, str)
-        or not version
-        or len(version) > 64
-        or not all(c.isalnum() or c in "._-" for c in version)
-    ):
-        raise InvalidRequest("version", f"is not a valid version id: {str(version)[:80]!r}")
-    return version

@@ -66,6 +66,7 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
         "ranking": request.ranking,
         "filter": filt,
         "max_probes": request.max_probes,
+        "consistency": request.consistency,
     }
     if request.mode == "classify":
         classification = searcher.classify(request.collection, vectors, **options)

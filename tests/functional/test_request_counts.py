@@ -128,7 +128,7 @@ def test_warm_identical_query_fetches_no_bucket_and_no_manifest(
 
     assert wire.count("GET", "buckets") == 0
     assert wire.count("GET", "manifests") == 0
-    assert wire.count("GET", "HEAD") <= 1  # 0 while HEAD is within the searcher's head_ttl
+    assert wire.count("GET", "HEAD") == 1  # strong consistency: HEAD revalidated on every query
     assert len(wire.requests) == wire.count("GET", "HEAD")
     assert second["results"] == first["results"]
     assert second["stats"]["buckets_fetched"] == second["stats"]["bytes_fetched"] == 0
@@ -160,7 +160,7 @@ def test_warm_searcher_revalidates_head_with_a_conditional_get(
     assert unchanged["version"] == demo["version"]
 
     rebuilt = build_handler.lambda_handler(
-        {**load_event("build_npy.json"), "bucket_size": 100}, lambda_context
+        {**load_event("build_npy.json"), "bucket_size": 100, "replace": True}, lambda_context
     )  # same data, same buckets, new version
     wire.clear()
     after = query_handler.lambda_handler(query_event(load_event), lambda_context)
@@ -200,7 +200,7 @@ def test_build_writes_buckets_then_manifest_then_head_conditionally(
     assert wire.count("GET", "other") == 3  # vectors.npy, ids.npy, labels.npy
     wire.clear()
 
-    second = build_handler.lambda_handler(event, lambda_context)
+    second = build_handler.lambda_handler({**event, "replace": True}, lambda_context)
 
     puts = [(k, h) for m, k, _, h in wire.requests if m == "PUT"]
     assert [k for k, _ in puts][-2:] == ["manifests", "HEAD"]

@@ -95,3 +95,38 @@ def test_cosine_distance_of_a_vector_to_itself_is_never_negative() -> None:
     d = distances.exact(v, v[:, None, :], "cosine")
     assert np.all(d >= 0.0)
     assert np.all(d < 1e-6)
+
+
+@pytest.mark.parametrize("metric", distances.METRICS)
+def test_selection_relative_to_a_centre_ranks_like_float64_far_from_the_origin(metric: str) -> None:
+    """At 1000 ± 0.01 the plain float32 expansion cannot rank; centred scores can."""
+    rng = np.random.default_rng(9)
+    v = distances.prepare((1000.0 + 0.01 * rng.normal(size=(60, 8))).astype(np.float32), metric)
+    q = distances.prepare((1000.0 + 0.01 * rng.normal(size=(5, 8))).astype(np.float32), metric)
+    q64, v64 = q.astype(np.float64), v.astype(np.float64)
+    if metric == "l2":
+        want = ((q64[:, None, :] - v64[None]) ** 2).sum(axis=2)
+    else:
+        want = (1.0 - q64 @ v64.T) if metric == "cosine" else -(q64 @ v64.T)
+    centre = v.mean(axis=0, dtype=np.float64).astype(np.float32)
+    shifted = v - centre
+    base, delta = distances.selection(q, shifted, metric, centre, np.einsum("ij,ij->i", shifted, shifted))
+    assert base.dtype == np.float64
+    assert delta.dtype == np.float32
+    got = base[:, None] + delta.astype(np.float64)
+    assert np.array_equal(np.argsort(got, axis=1)[:, :10], np.argsort(want, axis=1)[:, :10])
+    plain_base, plain = distances.selection(q, v, metric)
+    plain_rank = np.argsort(plain_base[:, None] + plain.astype(np.float64), axis=1)[:, :10]
+    assert not np.array_equal(plain_rank, np.argsort(want, axis=1)[:, :10])
+
+
+def test_exact_pairs_matches_exact_and_can_leave_cosine_unclamped() -> None:
+    q, v = distances.prepare(Q, "cosine"), distances.prepare(V[:7], "cosine")
+    for metric in distances.METRICS:
+        np.testing.assert_array_equal(
+            distances.exact_pairs(q, v, metric), distances.exact(q, v[:, None, :], metric)[:, 0]
+        )
+    same = distances.prepare(RNG.normal(size=(300, 64)).astype(np.float32), "cosine")
+    raw = distances.exact_pairs(same, same, "cosine", clamp=False)
+    assert raw.min() < 0.0  # float32 normalisation leaves some norms a hair above 1
+    assert np.all(distances.exact_pairs(same, same, "cosine") == np.maximum(raw, 0.0))

@@ -77,7 +77,7 @@ def build(
     """Validate, build and publish one index with the default split rule and projection."""
     data = make_collection(vectors, ids, labels, metric=metric)
     params = BuildParams(metric=metric, bucket_size=bucket_size, dtype=dtype)
-    return Built(name, vectors, data.ids.tolist(), build_index(store, name, data, params))
+    return Built(name, vectors, data.ids.tolist(), build_index(store, name, data, params, replace=True))
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +166,21 @@ def test_k_larger_than_the_collection_pads_with_inf_and_none(store: ObjectStore)
     assert all(labels[7:] == [None] * 3 and None not in labels[:7] for labels in result.labels())
 
 
-def test_k_larger_than_the_probed_buckets_pads_with_inf(store: ObjectStore, uniform: dict) -> None:
+def test_k_larger_than_the_probed_buckets_widens_to_k_results(store: ObjectStore, uniform: dict) -> None:
+    """Fewer than min(k, count) results only when a bound says why: the query reads on."""
     built: Built = uniform["l2", "int"]
     s = searcher(store)
     result = s.search(built.name, gaussian(3, DIM, 8), k=1000, probes=1)
-    found = np.isfinite(result.distances).sum(axis=1)
-    assert np.all(found <= s.manifest(built.name).buckets.rows.max())
-    assert np.all(found > 0)
-    for row, n in zip(result.ids, found.tolist(), strict=True):
+    assert s.manifest(built.name).buckets.rows.max() < 1000
+    assert np.isfinite(result.distances).all()
+    assert all(None not in row and len(set(row)) == 1000 for row in result.ids)
+    assert result.stats.probes > 1
+    assert result.stats.complete == [True] * 3
+    bounded = s.search(built.name, gaussian(3, DIM, 8), k=1000, probes=1, max_probes=2)
+    found = np.isfinite(bounded.distances).sum(axis=1)
+    assert np.all((found > 0) & (found < 1000))
+    assert bounded.stats.complete == [False] * 3
+    for row, n in zip(bounded.ids, found.tolist(), strict=True):
         assert None not in row[:n]
         assert set(row[n:]) == {None}
 
@@ -281,9 +288,12 @@ def test_a_second_identical_search_is_served_from_the_cache(store: ObjectStore, 
     second = s.search(built.name, query, k=10, probes=6)
     assert second.stats.buckets_fetched == 0
     assert second.stats.cache_hits == second.stats.probes == 6
-    assert second.stats.s3_gets == 0
+    assert second.stats.s3_gets == 1  # strong consistency: the conditional GET of HEAD, nothing else
     assert second.stats.bytes_fetched == 0
     assert not second.stats.manifest_fetched
+    eventual = s.search(built.name, query, k=10, probes=6, consistency="eventual")
+    assert eventual.stats.s3_gets == 0  # HEAD trusted for head_ttl seconds
+    assert eventual.stats.consistency == "eventual"
     assert second.ids == first.ids
     np.testing.assert_array_equal(second.distances, first.distances)
 
