@@ -25,10 +25,10 @@ from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.codec import fingerprint
 from kdbuckets.collection import make_collection
 from kdbuckets.errors import CollectionNotFound, Conflict, CorruptObject, InvalidRequest
+from kdbuckets.gc import GcReport, collect_garbage
 from kdbuckets.manifest import Manifest, decode_head, decode_manifest, encode_head, encode_manifest
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
-from kdbuckets.gc import GcReport, collect_garbage
 from kdbuckets.versions import describe_version, list_versions, rollback
 
 N, DIM = 240, 8
