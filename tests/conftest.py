@@ -321,14 +321,20 @@ def index_snapshot() -> Callable[[Any], dict[str, str]]:
 
 
 def brute_force(
-    data: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine"
+    data: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine", dtype: str = "float16"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k-NN in float64: (distances (nq, k), row indices (nq, k)), ties by row."""
-    x = np.asarray(data, dtype=np.float32).astype(np.float64)
+    """Exact k-NN in float64 over the vectors *as stored*: (distances (nq, k), rows (nq, k)).
+
+    A collection stores its vectors prepared (unit norm for cosine) in ``dtype`` (float16 by
+    default), and exact search is exact over those stored values; ties break by row.
+    """
+    x = np.asarray(data, dtype=np.float32)
     q = np.asarray(queries, dtype=np.float32).astype(np.float64)
     if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True).astype(np.float32)
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    x = x.astype(dtype).astype(np.float64)
+    if metric == "cosine":
         d = 1.0 - q @ x.T
     elif metric == "ip":
         d = -(q @ x.T)

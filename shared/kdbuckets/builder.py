@@ -20,7 +20,7 @@ from . import catalog, distances, layout
 from .bucket import IdColumn, dedup_keys, encode_bucket
 from .calibration import calibrate
 from .codec import fingerprint
-from .collection import Collection
+from .collection import Collection, check_prepared
 from .directory import build_shards, encode_shard, shard_count
 from .errors import Conflict
 from .manifest import BucketTable, Manifest
@@ -66,6 +66,7 @@ def build_index(
     if expected_head is None:
         expected_head = _head_to_replace(store, collection_name, replace, expected_version)
     vectors = distances.prepare(data.vectors, params.metric)
+    check_prepared(vectors, params.dtype, "vectors")
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)
 

@@ -6,6 +6,7 @@ Validation happens here, once, before anything is written: every error names the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,20 @@ MAX_LABEL_CHARS = 256
 #: Code points an id may not contain: C0 controls and DEL. NUL matters most: numpy text arrays
 #: drop trailing NULs, so "doc7" + NUL would silently become (and overwrite) "doc7".
 CONTROL_CHARACTERS = "U+0000–U+001F, U+007F"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+# The numeric rule, checked at every door (stored vectors here, query vectors in
+# sources.vector_matrix and the searcher) so that float32 arithmetic never overflows or
+# underflows: (2 × MAX_COMPONENT)² × MAX_DIM = 1.6e34, four orders of magnitude below float32's
+# 3.4e38, bounds every squared norm, dot product and squared distance; a cosine vector whose
+# largest component is ≥ MIN_COSINE_COMPONENT has a float32 squared norm ≥ 1e-30, far above
+# float32's smallest normal (1.2e-38), so normalising it is exact to float32 precision.
+#: Largest magnitude of any vector component (stored or query), for every metric.
+MAX_COMPONENT = 1e15
+#: Smallest largest-component magnitude of a cosine vector (smaller ones have no usable norm).
+MIN_COSINE_COMPONENT = 1e-15
+#: Largest component a float16 collection stores (after preparation): float16's own maximum.
+FLOAT16_MAX = 65_504.0
 
 
 def id_problem(value: object) -> str | None:
@@ -42,10 +57,8 @@ def id_problem(value: object) -> str | None:
 
 def control_problem(text: str) -> str | None:
     """Why string id ``text`` holds a control character (first one, by position), or None."""
-    for position, char in enumerate(text):
-        if char < "\x20" or char == "\x7f":
-            return _control_problem(ord(char), position)
-    return None
+    found = _CONTROL.search(text)  # one C scan: sources check millions of ids this way
+    return None if found is None else _control_problem(ord(found.group()), found.start())
 
 
 def _control_problem(code: int, position: int) -> str:
@@ -58,6 +71,93 @@ def _control_problem(code: int, position: int) -> str:
 def _at(field: str, row: int) -> str:
     """``items[].id`` → ``items[7].id``; ``source.ids`` → ``source.ids[7]``."""
     return field.replace("[]", f"[{row}]", 1) if "[]" in field else f"{field}[{row}]"
+
+
+def check_vectors(
+    vectors: np.ndarray,
+    field: str,
+    *,
+    metric: str | None,
+    dtype: str = "float32",
+    finite: bool = True,
+) -> None:
+    """Refuse the first row that breaks the numeric rule, naming it (``field`` as for ``_at``).
+
+    The one check for every door: stored vectors (``metric`` and storage ``dtype`` known),
+    upserts (the writer, with the manifest's metric and dtype) and queries (``metric=None`` at
+    parse time; the searcher knows it). Rows are reduced to their largest magnitude first, so
+    the check needs O(n) memory however wide the vectors. ``finite=False`` skips NaN/Inf and
+    all-zero rows, for callers that report those themselves.
+    """
+    if vectors.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        peak = np.maximum(vectors.max(axis=1), -vectors.min(axis=1)).astype(np.float64)
+    usable = np.isfinite(peak)
+    if finite and not usable.all():
+        raise InvalidRequest(
+            _at(field, int(np.argmin(usable))), "contains NaN or Inf (or a value too large for float32)"
+        )
+    cosine = metric == "cosine"
+    if cosine:
+        nonzero = peak > 0
+        if finite and not nonzero.all():
+            raise InvalidRequest(
+                _at(field, int(np.argmin(nonzero))), "is all zeros; cosine needs a nonzero vector"
+            )
+        usable &= nonzero
+    rules = [
+        (
+            peak > MAX_COMPONENT,
+            f"every component must be within ±{MAX_COMPONENT:.0e} (float32 distances must stay finite)",
+        )
+    ]
+    if cosine:
+        rules.append(
+            (
+                peak < MIN_COSINE_COMPONENT,
+                f"cosine needs a component of magnitude at least {MIN_COSINE_COMPONENT:.0e} "
+                "(smaller vectors have no float32 norm)",
+            )
+        )
+    elif dtype == "float16":  # cosine vectors are stored unit-normalised: always within float16
+        rules.append(
+            (
+                peak > FLOAT16_MAX,
+                f"a float16 collection stores components within ±{FLOAT16_MAX:.0f} only "
+                '(build with "dtype": "float32" for larger values)',
+            )
+        )
+    for bad, rule in rules:
+        bad &= usable
+        if bad.any():
+            row = int(np.argmax(bad))
+            magnitudes = np.abs(vectors[row].astype(np.float64))
+            position = int(np.argmax(magnitudes))
+            raise InvalidRequest(
+                _at(field, row),
+                f"has largest component {vectors[row, position]:.6g} at position {position}; {rule}",
+            )
+
+
+def check_prepared(prepared: np.ndarray, dtype: str, field: str) -> None:
+    """Last guard before encoding: every prepared value is finite in the storage ``dtype``.
+
+    Validation should make this unreachable; it exists so that no path (a future door, a
+    change to ``distances.prepare``) can store an Inf or NaN that silently stops a bucket
+    from ranking. Raises :class:`InvalidRequest` naming the row.
+    """
+    if prepared.size == 0:
+        return
+    limit = float(np.finfo(np.dtype(dtype)).max)
+    with np.errstate(invalid="ignore"):
+        peak = np.maximum(prepared.max(axis=1), -prepared.min(axis=1)).astype(np.float64)
+    ok = peak <= limit  # False for NaN and Inf too
+    if not ok.all():
+        raise InvalidRequest(
+            _at(field, int(np.argmin(ok))),
+            f"cannot be stored as {dtype}: after preparation it holds a value beyond ±{limit:.6g} or NaN",
+        )
 
 
 @dataclass(frozen=True)
@@ -87,11 +187,13 @@ def make_collection(
     metric: str,
     fields: tuple[str, str, str] = ("source.vectors", "source.ids", "source.labels"),
     metadata: list[dict | None] | None = None,
+    dtype: str = "float32",
 ) -> Collection:
     """Check and normalise raw arrays into a :class:`Collection`.
 
     ``fields`` names the three inputs in error messages, so the caller's vocabulary
-    (an S3 source, a JSON Lines file, inline items) reaches the user.
+    (an S3 source, a JSON Lines file, inline items) reaches the user. ``dtype`` is the
+    collection's storage precision: a float16 collection refuses components beyond ±65,504.
     """
     vf, idf, lf = fields
     if vectors.ndim != 2:
@@ -103,17 +205,9 @@ def make_collection(
         raise InvalidRequest(vf, f"has {d} dimensions; supported are 1 to {MAX_DIM}")
     if vectors.dtype.kind not in "fiu":
         raise InvalidRequest(vf, f"must be numeric, got dtype {vectors.dtype}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise InvalidRequest(f"{vf}[{row}]", "contains NaN or Inf (or a value too large for float32)")
-    if metric == "cosine":
-        zero = ~np.any(vectors != 0, axis=1)
-        if zero.any():
-            raise InvalidRequest(
-                f"{vf}[{int(np.argmax(zero))}]", "is all zeros; cosine needs a nonzero vector"
-            )
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf, refused by row below
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    check_vectors(vectors, vf, metric=metric, dtype=dtype)
     ids = _check_ids(ids, n, idf)
     codes, names = _check_labels(labels, n, lf)
     if metadata is not None:

@@ -27,8 +27,29 @@ FORMAT_VERSION = 1
 SHARD_ENTRIES = 4096
 
 
+#: Most shards a directory has (the manifest lists each one's fingerprint).
+MAX_SHARDS = 65_536
+
+
 def shard_count(n: int) -> int:
-    return max(1, min(65_536, -(-n // SHARD_ENTRIES)))
+    """Shards a directory of ``n`` ids should have: ``SHARD_ENTRIES`` per shard."""
+    return max(1, min(MAX_SHARDS, -(-n // SHARD_ENTRIES)))
+
+
+def resharded_count(current: int, n: int) -> int:
+    """Shards a directory with ``current`` shards should have once it holds ``n`` ids.
+
+    Writes call this so the directory follows the collection: a collection built small and
+    grown by upserts must not keep every id in one shard rewritten by each write. Hysteresis:
+    change only when the ideal count is more than twice or under a quarter of ``current``, so
+    a reshard (O(n): every shard read and rewritten) happens once per doubling or quartering —
+    amortised O(1) per id written — and never twice in a row around one boundary. A shard
+    then holds on average at most ``2 × SHARD_ENTRIES`` ids (below ``MAX_SHARDS``), and a
+    directory of several shards at least about ``SHARD_ENTRIES / 4`` per shard, so the
+    manifest does not keep listing empty shards after mass deletes.
+    """
+    target = shard_count(n)
+    return target if target > 2 * current or 4 * target < current else current
 
 
 def shard_of(keys: np.ndarray, n_shards: int) -> np.ndarray:
@@ -104,8 +125,15 @@ def encode_shard(shard: Shard) -> bytes:
     )
 
 
-def decode_shard(body: bytes, *, key: str, expected_fingerprint: str, n_buckets: int) -> Shard:
-    """Verify and decode a shard; bucket numbers must exist in the manifest that lists it."""
+def decode_shard(
+    body: bytes, *, key: str, expected_fingerprint: str, n_buckets: int, place: tuple[int, int] | None = None
+) -> Shard:
+    """Verify and decode a shard; bucket numbers must exist in the manifest that lists it.
+
+    ``place`` = (shard number, shard count) also checks that every key hashes to this shard:
+    a key anywhere else would be invisible to lookups (a delete would miss it, an upsert
+    would store a second copy).
+    """
     if codec.fingerprint(body) != expected_fingerprint:
         raise CorruptObject(key, "SHA-256 differs from the manifest's")
     obj = codec.loads(body, key=key)
@@ -123,4 +151,6 @@ def decode_shard(body: bytes, *, key: str, expected_fingerprint: str, n_buckets:
         or np.any((secondary < -1) | (secondary >= n_buckets))
     ):
         raise CorruptObject(key, "id-directory shard is inconsistent")
+    if place is not None and m and np.any(shard_of(keys, place[1]) != place[0]):
+        raise CorruptObject(key, f"id-directory shard {place[0]} of {place[1]} holds keys of other shards")
     return Shard(keys, primary, secondary)

@@ -67,7 +67,7 @@ class BuildParams(RequestModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     split: Split = "spread"
     projection: Projection = "pca"
-    dtype: Dtype = "float32"
+    dtype: Dtype = "float16"
     refine: Annotated[int, Field(ge=0, le=MAX_REFINE)] = 10
     replicate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
     ranking: Ranking = "centroid"

@@ -19,6 +19,7 @@ from . import catalog, distances, layout, scoring
 from .bucket import Bucket, decode_bucket
 from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
+from .collection import check_vectors
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest, KdBucketsError
 from .filters import Filter
 from .manifest import Head, Manifest
@@ -430,15 +431,7 @@ class Searcher:
                 "vectors[0]",
                 f"has {queries.shape[1]} dimensions; collection {manifest.collection!r} has {manifest.dim}",
             )
-        finite = np.isfinite(queries).all(axis=1)
-        if not finite.all():
-            raise InvalidRequest(f"vectors[{int(np.argmin(finite))}]", "contains NaN or Inf")
-        if manifest.metric == "cosine":
-            zero = ~np.any(queries != 0, axis=1)
-            if zero.any():
-                raise InvalidRequest(
-                    f"vectors[{int(np.argmax(zero))}]", "is all zeros; cosine needs a nonzero vector"
-                )
+        check_vectors(queries, "vectors", metric=manifest.metric)
         return distances.prepare(queries, manifest.metric)
 
     def _fetch(self, manifest: Manifest, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:

@@ -28,7 +28,10 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
     params = request.params()
     started = time.perf_counter()
     data = read_source(
-        request.source, metric=params.metric, fetch=lambda uri: store.get_from(uri.bucket, uri.key)[0]
+        request.source,
+        metric=params.metric,
+        dtype=params.dtype,
+        fetch=lambda uri: store.get_from(uri.bucket, uri.key)[0],
     )
     read_ms = round((time.perf_counter() - started) * 1000.0, 1)
     result = build_index(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import tokenize
 import zlib
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .collection import Collection, make_collection
+from .collection import Collection, check_vectors, id_problem, make_collection
 from .errors import InvalidRequest, SourceError
 from .metadata import validate_metadata
 from .storage import AccessDenied, BucketNotFound, NotFound, S3Uri
@@ -32,6 +33,10 @@ MAX_SOURCE_BYTES = 4 << 30
 #: Largest decompressed JSON Lines source (JSON text is ~4x the size of the float32 vectors).
 MAX_JSONL_BYTES = 1 << 30
 MAX_LABEL_CHARS = 256
+#: ``.npy`` dtype kinds read: floats, signed and unsigned integers, str and bytes (ids, labels).
+NPY_KINDS = "fiuUS"
+#: Most dimensions a ``.npy`` source may declare (vectors are 2-D, ids and labels 1-D).
+MAX_NPY_DIMS = 8
 
 Fetch = Callable[[S3Uri], bytes]
 
@@ -42,8 +47,12 @@ _SOURCE_FIELDS = {
 }
 
 
-def read_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Collection:
-    """Dispatch on the source's shape; ``fetch`` reads one S3 object's bytes."""
+def read_source(source: dict[str, Any], *, metric: str, fetch: Fetch, dtype: str = "float32") -> Collection:
+    """Dispatch on the source's shape; ``fetch`` reads one S3 object's bytes.
+
+    ``dtype`` is the collection's storage precision (``BuildParams.dtype``): a float16
+    collection refuses components it could not store.
+    """
     kinds = [k for k in ("vectors", "jsonl", "items") if k in source]
     if len(kinds) != 1:
         raise InvalidRequest("source", "must have exactly one of 'vectors', 'jsonl' or 'items'")
@@ -52,18 +61,18 @@ def read_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Collect
         if name not in allowed:
             raise InvalidRequest(f"source.{name}", f"is not a known field (expected {sorted(allowed)})")
     if kinds[0] == "vectors":
-        return _read_npy_source(source, metric=metric, fetch=fetch)
+        return _read_npy_source(source, metric=metric, fetch=fetch, dtype=dtype)
     if kinds[0] == "jsonl":
         uri = S3Uri.parse(source["jsonl"], field="source.jsonl")
         lines = _decompress(_fetch(fetch, uri, "source.jsonl"), "source.jsonl").splitlines()
-        return items_to_collection(_parse_lines(lines), metric=metric, field="source.jsonl")
+        return items_to_collection(_parse_lines(lines), metric=metric, field="source.jsonl", dtype=dtype)
     items = source["items"]
     if not isinstance(items, list):
         raise InvalidRequest("source.items", f"must be a list of items, got {type(items).__name__}")
-    return items_to_collection(items, metric=metric, field="source.items")
+    return items_to_collection(items, metric=metric, field="source.items", dtype=dtype)
 
 
-def _read_npy_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Collection:
+def _read_npy_source(source: dict[str, Any], *, metric: str, fetch: Fetch, dtype: str) -> Collection:
     arrays: dict[str, np.ndarray | None] = {}
     for name in ("vectors", "ids", "labels"):
         uri = source.get(name)
@@ -76,7 +85,7 @@ def _read_npy_source(source: dict[str, Any], *, metric: str, fetch: Fetch) -> Co
         if labels is None or labels.dtype.kind not in "iu":
             raise InvalidRequest("source.label_names", "needs integer labels in source.labels")
         labels = _apply_label_names(labels, source["label_names"], fetch)
-    return make_collection(arrays["vectors"], arrays["ids"], labels, metric=metric)
+    return make_collection(arrays["vectors"], arrays["ids"], labels, metric=metric, dtype=dtype)
 
 
 def _apply_label_names(codes: np.ndarray, uri: Any, fetch: Fetch) -> np.ndarray:
@@ -94,32 +103,78 @@ def _apply_label_names(codes: np.ndarray, uri: Any, fetch: Fetch) -> np.ndarray:
 
 
 def load_npy(body: bytes, field: str) -> np.ndarray:
-    """Parse a ``.npy`` file without pickle and without copying the data."""
+    """Parse a ``.npy`` file without pickle and without copying the data.
+
+    The header is the caller's text: every way it can be malformed or absurd (unknown or
+    zero-size dtypes, structured or subarray dtypes, dimensions that overflow numpy's index
+    type) becomes a :class:`SourceError` naming ``field``, never numpy's own exception.
+    """
     f = io.BytesIO(body)
     try:
         major, _ = np.lib.format.read_magic(f)
+        if major not in (1, 2):  # version 3 (UTF-8 field names) only serves structured dtypes
+            raise ValueError(f"unsupported .npy version {major}")
         reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(f)
-    except (ValueError, SyntaxError, tokenize.TokenError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        SyntaxError,
+        RecursionError,
+        MemoryError,
+        tokenize.TokenError,
+    ) as exc:
         raise SourceError(field, f"is not a valid .npy file ({type(exc).__name__})") from None
     if dtype.hasobject:
         raise SourceError(field, "holds Python objects; only numeric or string arrays are read")
-    if not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise SourceError(field, f"has an impossible shape {shape}")
-    count = 1
+    problem = _npy_dtype_problem(dtype)
+    if problem is not None:
+        raise SourceError(field, problem)
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) <= MAX_NPY_DIMS
+        and all(type(s) is int and 0 <= s <= MAX_SOURCE_BYTES for s in shape)
+    ):
+        raise SourceError(field, f"has an impossible shape {_short(shape)}")
+    # Bound the product of the nonzero dimensions too: numpy multiplies every dimension,
+    # zeros or not, and (0, 10**20) overflows its index type although it holds no data.
+    extent = 1
     for s in shape:
-        count *= s
-    if count * dtype.itemsize > MAX_SOURCE_BYTES:
+        extent *= max(s, 1)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if extent * dtype.itemsize > MAX_SOURCE_BYTES:
         raise SourceError(
-            field, f"declares shape {shape}, larger than the {MAX_SOURCE_BYTES >> 30} GiB limit"
+            field, f"declares shape {_short(shape)}, larger than the {MAX_SOURCE_BYTES >> 30} GiB limit"
         )
-    if len(body) - f.tell() < count * dtype.itemsize:
-        raise SourceError(field, f"is truncated: shape {shape} needs {count * dtype.itemsize} data bytes")
-    array = np.frombuffer(body, dtype=dtype, count=count, offset=f.tell())
+    if len(body) - f.tell() < nbytes:
+        raise SourceError(field, f"is truncated: shape {_short(shape)} needs {nbytes} data bytes")
+    array = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=f.tell())
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Collection:
+def _npy_dtype_problem(dtype: np.dtype) -> str | None:
+    """Why a ``.npy`` dtype is not one we read (numbers or text, one fixed-size value per cell)."""
+    if dtype.fields is not None or dtype.subdtype is not None:
+        return (
+            f"has a structured or subarray dtype {_short(dtype.descr)}; "
+            "only plain numeric or string arrays are read"
+        )
+    if dtype.kind not in NPY_KINDS:
+        return f"has dtype {dtype.str}; only integers, floats or strings are read"
+    if dtype.itemsize == 0:
+        return f"has zero-size dtype {dtype.str}"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def items_to_collection(
+    items: Iterable[Any], *, metric: str, field: str, dtype: str = "float32"
+) -> Collection:
     """Turn ``{"id", "vector", "label"}`` objects into a collection, naming bad items."""
     ids: list[Any] = []
     vectors: list[Any] = []
@@ -140,7 +195,7 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
         metadata.append(validate_metadata(item.get("metadata"), f"{where}.metadata"))
     if not vectors:
         raise InvalidRequest(field, "is empty; a collection needs at least one vector")
-    matrix = vector_matrix(vectors, field=field, suffix=".vector")
+    matrix = vector_matrix(vectors, field=field, suffix=".vector", metric=metric, dtype=dtype)
     id_array = _id_array(ids, field)
     has_labels = [lab is not None for lab in labels]
     label_array = None
@@ -167,14 +222,19 @@ def items_to_collection(items: Iterable[Any], *, metric: str, field: str) -> Col
         metric=metric,
         fields=(field, f"{field}[].id", f"{field}[].label"),
         metadata=metadata,
+        dtype=dtype,
     )
 
 
-def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.ndarray:
+def vector_matrix(
+    vectors: list[Any], *, field: str, suffix: str = "", metric: str | None = None, dtype: str = "float32"
+) -> np.ndarray:
     """Convert JSON vectors to float32 (n, d), naming the first bad element precisely.
 
     The fast path is one numpy conversion; only when it fails (or yields a non-numeric dtype)
-    do we walk the rows to say which one is wrong.
+    do we walk the rows to say which one is wrong. Finite rows must also keep the numeric rule
+    (:func:`kdbuckets.collection.check_vectors`: ``metric=None`` for queries, whose metric is
+    the collection's); NaN, Inf and all-zero rows are left for the caller to name.
     """
     if all(type(row) is list for row in vectors):
         # Check element types before numpy sees them: a stray string would make np.array
@@ -194,7 +254,9 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
                     or not np.isfinite(matrix).all()
                 )
             ):
-                return matrix.astype(np.float32)
+                check_vectors(matrix, f"{field}[]{suffix}", metric=metric, dtype=dtype, finite=False)
+                with np.errstate(over="ignore"):  # beyond float32: Inf, named by the caller
+                    return matrix.astype(np.float32)
     width = None
     for i, row in enumerate(vectors):
         where = f"{field}[{i}]{suffix}"
@@ -213,17 +275,20 @@ def vector_matrix(vectors: list[Any], *, field: str, suffix: str = "") -> np.nda
 
 
 def _id_array(ids: list[Any], field: str) -> np.ndarray:
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
-        if any(abs(x) >= 2**63 for x in ids):
-            raise InvalidRequest(f"{field}[].id", "integer ids must fit in int64")
+    """Ids as int64 or unicode, each checked by :func:`id_problem` *before* numpy sees it.
+
+    A numpy text array cannot hold a trailing NUL ("doc7" + NUL is stored as "doc7") and
+    refuses lone surrogates only later and without a row, so every id is checked as JSON
+    gave it, naming its item: ``source.jsonl[3].id``.
+    """
+    for i, x in enumerate(ids):
+        problem = id_problem(x)
+        if problem is not None:
+            raise InvalidRequest(f"{field}[{i}].id", problem)
+    if all(isinstance(x, int) for x in ids):  # bools were refused by id_problem
         return np.array(ids, dtype=np.int64)
     if all(isinstance(x, str) for x in ids):
         return np.array(ids, dtype=str)
-    for i, x in enumerate(ids):
-        if isinstance(x, bool) or not isinstance(x, str | int):
-            raise InvalidRequest(
-                f"{field}[{i}].id", f"must be a string or an integer, got {type(x).__name__}"
-            )
     raise InvalidRequest(f"{field}[].id", "must be all strings or all integers, not a mix")
 
 

@@ -30,8 +30,8 @@ from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
 from .builder import BuildParams, BuildResult, build_index
 from .catalog import Snapshot
 from .codec import fingerprint
-from .collection import MAX_LABELS, Collection
-from .directory import Shard, decode_shard, encode_shard, shard_of
+from .collection import MAX_LABELS, Collection, check_prepared, check_vectors
+from .directory import Shard, build_shards, decode_shard, encode_shard, resharded_count, shard_of
 from .errors import Conflict, CorruptObject, InvalidRequest
 from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
@@ -154,6 +154,10 @@ def _attempt(
     extra_shards = np.setdiff1d(np.unique(shard_of(moved_keys, n_shards)), list(shards))
     shards.update(_load_shards(store, m, extra_shards))
     changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, moved)
+    deleted = int(existing_del[0].sum())
+    inserted = int((~existing_up[0]).sum())
+    live_count = m.count - deleted + inserted
+    id_shards, shard_uploads = _directory_objects(store, m, shards, changed, live_count)
 
     fingerprints = list(m.buckets.fingerprints) + [""] * (next_bucket - m.n_buckets)
     sizes = np.concatenate([m.buckets.sizes, np.zeros(next_bucket - m.n_buckets, np.int64)])
@@ -163,15 +167,8 @@ def _attempt(
         fp = fingerprint(body)
         fingerprints[index], sizes[index], counts[index] = fp, len(body), count
         uploads.append((layout.bucket_key(m.collection, fp), body))
-    id_shards = list(m.id_shards)
-    for s in changed:
-        body = encode_shard(shards[s])
-        id_shards[s] = fingerprint(body)
-        uploads.append((layout.id_shard_key(m.collection, id_shards[s]), body))
-    created = store.put_many(uploads)
+    created = store.put_many(uploads + shard_uploads)
 
-    deleted = int(existing_del[0].sum())
-    inserted = int((~existing_up[0]).sum())
     manifest = Manifest(
         collection=m.collection,
         version=catalog.new_version(),
@@ -180,7 +177,7 @@ def _attempt(
         dim=m.dim,
         metric=m.metric,
         dtype=m.dtype,
-        count=m.count - deleted + inserted,
+        count=live_count,
         id_kind=m.id_kind,
         label_names=label_names,
         params=m.params,
@@ -228,12 +225,7 @@ def _prepare_upserts(
             if upserts.label_codes is None
             else f"is not allowed: collection {m.collection!r} has no labels",
         )
-    if m.metric == "cosine":
-        zero = ~np.any(upserts.vectors != 0, axis=1)
-        if zero.any():
-            raise InvalidRequest(
-                f"items[{int(np.argmax(zero))}].vector", "is all zeros; cosine needs a nonzero vector"
-            )
+    check_vectors(upserts.vectors, "items[].vector", metric=m.metric, dtype=m.dtype)
     codes = None
     if upserts.label_codes is not None:
         names = names or []
@@ -248,7 +240,9 @@ def _prepare_upserts(
             )
         table = np.array([lookup[n] for n in upserts.label_names or []], dtype=np.int32)
         codes = table[upserts.label_codes]
-    return distances.prepare(upserts.vectors, m.metric), keys, names, codes
+    prepared = distances.prepare(upserts.vectors, m.metric)
+    check_prepared(prepared, m.dtype, "items[].vector")
+    return prepared, keys, names, codes
 
 
 def _unique_ids(ids: np.ndarray) -> np.ndarray:
@@ -275,10 +269,47 @@ def _load_shards(store: ObjectStore, m: Manifest, which: np.ndarray) -> dict[int
         bodies = store.get_many(keys)
     except NotFound as exc:
         raise CorruptObject(exc.uri or "", "id-directory shard named by the manifest is missing") from None
+    n_shards = len(m.id_shards)
     return {
-        s: decode_shard(body, key=key, expected_fingerprint=m.id_shards[s], n_buckets=m.n_buckets)
+        s: decode_shard(
+            body, key=key, expected_fingerprint=m.id_shards[s], n_buckets=m.n_buckets, place=(s, n_shards)
+        )
         for s, key, body in zip(which, keys, bodies, strict=True)
     }
+
+
+def _directory_objects(
+    store: ObjectStore, m: Manifest, shards: dict[int, Shard], changed: list[int], count: int
+) -> tuple[list[str], list[tuple[str, bytes]]]:
+    """The new version's shard fingerprints and the shard objects to upload.
+
+    Usually just the ``changed`` shards. When the live ``count`` has outgrown (or shrunk far
+    below) the shard count (:func:`kdbuckets.directory.resharded_count`), the whole directory
+    is read — ``shards`` already holds the touched ones, updated — and rebuilt for ``count``
+    like a fresh build would, so no shard ends up holding the whole collection.
+    """
+    n_shards = len(m.id_shards)
+    target = resharded_count(n_shards, count)
+    if target == n_shards:
+        id_shards = list(m.id_shards)
+        new = {s: shards[s] for s in changed}
+    else:
+        shards.update(_load_shards(store, m, np.setdiff1d(np.arange(n_shards), list(shards))))
+        parts = [shards[s] for s in range(n_shards)]
+        rebuilt = build_shards(
+            np.concatenate([p.keys for p in parts]),
+            np.concatenate([p.primary for p in parts]),
+            np.concatenate([p.secondary for p in parts]),
+            target,
+        )
+        id_shards = [""] * target
+        new = dict(enumerate(rebuilt))
+    uploads: dict[str, bytes] = {}  # by key: equal shards (empty ones) are one object
+    for s, shard in new.items():
+        body = encode_shard(shard)
+        id_shards[s] = fingerprint(body)
+        uploads[layout.id_shard_key(m.collection, id_shards[s])] = body
+    return id_shards, list(uploads.items())
 
 
 def _locate(

@@ -72,7 +72,9 @@ def _upsert_vectors(w: int, j: int) -> np.ndarray:
 
 def _build(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> str:
     data = make_collection(vectors, ids, None, metric="cosine")
-    return build_index(store, COLLECTION, data, BuildParams(bucket_size=BUCKET_SIZE), replace=True).version
+    return build_index(
+        store, COLLECTION, data, BuildParams(bucket_size=BUCKET_SIZE, dtype="float32"), replace=True
+    ).version
 
 
 def _head_manifest(store: ObjectStore) -> Manifest:
@@ -293,7 +295,7 @@ def test_racing_upsert_and_delete_of_one_id_end_in_one_serial_order(
         store,
         COLLECTION,
         make_collection(vectors, ids, None, metric="cosine"),
-        BuildParams(bucket_size=20),
+        BuildParams(bucket_size=20, dtype="float32"),
         replace=True,
     ).version
     target = "doc-5" if exists else "doc-new"
@@ -346,7 +348,7 @@ def test_compaction_racing_a_write_never_undoes_it(serial_moto_server: Any) -> N
         store,
         COLLECTION,
         make_collection(vectors, ids, None, metric="cosine"),
-        BuildParams(bucket_size=20),
+        BuildParams(bucket_size=20, dtype="float32"),
         replace=True,
     )
     new_vector = _vectors(10, 1)

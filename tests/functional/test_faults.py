@@ -78,6 +78,7 @@ def build_event(**overrides: Any) -> dict[str, Any]:
         "bucket_size": 60,
         "refine": 0,
         "replicate": 0.0,
+        "dtype": "float32",  # the expected answers below are brute force over float32
         **overrides,
     }
 

@@ -165,7 +165,8 @@ def built(module_s3: Any) -> dict[str, Any]:
         {"id": i, "vector": v.tolist(), **({"metadata": m} if m is not None else {})}
         for i, v, m in zip(IDS, VECTORS, METADATA, strict=True)
     ]
-    event = {"collection": COLLECTION, "source": {"items": items}, "bucket_size": 50}
+    # float32: the reference below is brute force over the float32 vectors
+    event = {"collection": COLLECTION, "source": {"items": items}, "bucket_size": 50, "dtype": "float32"}
     return service.build(event, ObjectStore(local.INDEX_BUCKET))
 
 
@@ -364,6 +365,7 @@ def test_metadata_survives_upserts_deletes_and_compaction(
                 ]
             },
             "bucket_size": 20,
+            "dtype": "float32",
         },
         ObjectStore(local.INDEX_BUCKET),
     )

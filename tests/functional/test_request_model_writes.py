@@ -31,7 +31,10 @@ def build(store: ObjectStore, ids: list[Any], *, labels: list[str] | None = None
         {"id": i, "vector": v.tolist()} | ({} if labels is None else {"label": labels[n]})
         for n, (i, v) in enumerate(zip(ids, VECTORS, strict=False))
     ]
-    service.build({"collection": "c", "source": {"items": items}, "metric": "l2", "bucket_size": 2}, store)
+    service.build(
+        {"collection": "c", "source": {"items": items}, "metric": "l2", "bucket_size": 2, "dtype": "float32"},
+        store,
+    )
 
 
 def nearest(store: ObjectStore, vector: Any) -> dict[str, Any]:

@@ -55,3 +55,33 @@ def test_a_shard_round_trips_and_any_change_is_corruption() -> None:
         decode_shard(body[:-1] + b"\x00", key="ids/x", expected_fingerprint=fingerprint(body), n_buckets=3)
     with pytest.raises(CorruptObject, match="inconsistent"):  # names a bucket the manifest lacks
         decode_shard(body, key="ids/x", expected_fingerprint=fingerprint(body), n_buckets=2)
+
+
+def test_a_shard_holding_keys_of_another_shard_is_corruption() -> None:
+    """A misplaced key is invisible to lookups: a delete would miss it, an upsert duplicate it."""
+    keys = np.arange(100, dtype=np.int64)
+    shards = build_shards(keys, np.zeros(100, np.int64), np.full(100, -1), 4)
+    body = encode_shard(shards[2])
+    fp = fingerprint(body)
+    assert len(decode_shard(body, key="ids/x", expected_fingerprint=fp, n_buckets=1, place=(2, 4)).keys)
+    with pytest.raises(CorruptObject, match="other shards"):
+        decode_shard(body, key="ids/x", expected_fingerprint=fp, n_buckets=1, place=(1, 4))
+    with pytest.raises(CorruptObject, match="other shards"):  # read as if the directory had 3 shards
+        decode_shard(body, key="ids/x", expected_fingerprint=fp, n_buckets=1, place=(2, 3))
+    empty = encode_shard(Shard.empty())
+    decode_shard(empty, key="ids/y", expected_fingerprint=fingerprint(empty), n_buckets=1, place=(0, 4))
+
+
+def test_rebuilding_for_a_new_count_keeps_every_key_findable() -> None:
+    """What a write does when the directory outgrows its shard count (resharded_count)."""
+    rng = np.random.default_rng(5)
+    keys = rng.integers(-(2**63), 2**63 - 1, size=5000, dtype=np.int64)
+    primary = rng.integers(0, 30, len(keys))
+    old = build_shards(keys, primary, np.full(len(keys), -1), 2)
+    merged = [np.concatenate([getattr(s, name) for s in old]) for name in ("keys", "primary", "secondary")]
+    new = build_shards(*merged, 9)
+    which = shard_of(keys, 9)
+    for s, shard in enumerate(new):
+        found, p, _ = shard.lookup(keys[which == s])
+        assert found.all()
+        assert np.array_equal(p, primary[which == s])

@@ -324,7 +324,7 @@ def test_build_params_keep_their_defaults_and_are_immutable_values() -> None:
         "seed": 0,
         "split": "spread",
         "projection": "pca",
-        "dtype": "float32",
+        "dtype": "float16",
         "refine": 10,
         "replicate": 0.25,
         "ranking": "centroid",

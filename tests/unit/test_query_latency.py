@@ -41,7 +41,12 @@ def clustered(n: int, d: int, seed: int) -> np.ndarray:
 def index(module_s3_store: ObjectStore) -> tuple[ObjectStore, np.ndarray]:
     vectors = clustered(4000 + HELD_OUT, 12, seed=3)[:4000]
     data = make_collection(vectors, None, None, metric="l2")
-    build_index(module_s3_store, "lat", data, BuildParams(metric="l2", bucket_size=100, replicate=0.5))
+    build_index(
+        module_s3_store,
+        "lat",
+        data,
+        BuildParams(metric="l2", bucket_size=100, replicate=0.5, dtype="float32"),
+    )
     return module_s3_store, vectors
 
 

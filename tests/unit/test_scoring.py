@@ -44,7 +44,7 @@ def build(
     replicate: float = 0.25,
 ) -> BuildResult:
     data = make_collection(vectors, ids, None, metric=metric, metadata=metadata)
-    params = BuildParams(metric=metric, bucket_size=bucket_size, replicate=replicate)
+    params = BuildParams(metric=metric, bucket_size=bucket_size, replicate=replicate, dtype="float32")
     return build_index(store, name, data, params, replace=True)
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kdbuckets.errors import InvalidRequest, SourceError, StorageError
 from kdbuckets.sources import items_to_collection, load_npy, read_source, vector_matrix
@@ -169,6 +171,122 @@ def test_npy_with_an_impossible_shape_is_a_source_error(shape: str) -> None:
     body = _npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}")
     with pytest.raises(SourceError):
         load_npy(body, "source.vectors")
+
+
+CRAFTED_HEADERS = [
+    pytest.param(
+        "'descr': '<f4', 'fortran_order': False, 'shape': (0, 100000000000000000000)", id="zero-by-1e20"
+    ),
+    pytest.param(
+        "'descr': '<f4', 'fortran_order': False, 'shape': (100000000000000000000, 0)", id="1e20-by-zero"
+    ),
+    pytest.param("'descr': '<f4', 'fortran_order': False, 'shape': " + repr((0,) * 40), id="40-dimensions"),
+    pytest.param("'descr': '<U0', 'fortran_order': False, 'shape': (4,)", id="U0"),
+    pytest.param("'descr': '|S0', 'fortran_order': False, 'shape': (4,)", id="S0"),
+    pytest.param("'descr': '|V0', 'fortran_order': False, 'shape': (4,)", id="V0"),
+    pytest.param("'descr': '|V8', 'fortran_order': False, 'shape': (4,)", id="V8"),
+    pytest.param("'descr': ('<f4', (2,)), 'fortran_order': False, 'shape': (4,)", id="subarray"),
+    pytest.param("'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (4,)", id="struct"),
+    pytest.param("'descr': [('a', '<f4', (2,))], 'fortran_order': False, 'shape': (2,)", id="struct-sub"),
+    pytest.param("'descr': '|b1', 'fortran_order': False, 'shape': (4,)", id="bool"),
+    pytest.param("'descr': '<c8', 'fortran_order': False, 'shape': (4,)", id="complex"),
+    pytest.param("'descr': '<M8[s]', 'fortran_order': False, 'shape': (4,)", id="datetime"),
+    pytest.param(
+        "'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4)", id="2**62-rows"
+    ),
+]
+
+
+@pytest.mark.parametrize("header", CRAFTED_HEADERS)
+def test_crafted_npy_headers_are_source_errors_naming_the_field(header: str) -> None:
+    """Each of these made numpy raise a plain ValueError (or read nonsense) before."""
+    body = _npy_with_header("{" + header + ", }")
+    expect_invalid("source.labels", lambda: load_npy(body, "source.labels"), source_error=True)
+
+
+DESCRS = st.one_of(
+    st.sampled_from(
+        [
+            "'<f4'",
+            "'>f8'",
+            "'<f2'",
+            "'<i8'",
+            "'|u1'",
+            "'<U3'",
+            "'|S2'",
+            "'<U0'",
+            "'|S0'",
+            "'|V0'",
+            "'|V4'",
+            "'|b1'",
+            "'<c16'",
+            "'<M8[s]'",
+            "'<m8'",
+            "'|O'",
+            "'O'",
+            "'<f4 '",
+            "'f'",
+            "'<f3'",
+            "('<f4', (2,))",
+            "('<f4', (0,))",
+            "('<f4', ())",
+            "('<i2', (10**9, 10**9))",
+            "[('a', '<f4')]",
+            "[('a', '<f4', (3,))]",
+            "[('', '|V0')]",
+            "[('a', [('b', '<f4')])]",
+            "[]",
+            "{}",
+            "{'names': ['a'], 'formats': ['<f4']}",
+            "None",
+            "3",
+            "b'<f4'",
+            "'\x00'",
+        ]
+    ),
+    st.text(max_size=8).map(repr),
+)
+DIMS = st.one_of(
+    st.integers(0, 8),
+    st.sampled_from([2**31, 2**32, 2**62, 2**63, 2**64, 10**20, -1, -(2**63)]),
+    st.integers(),
+)
+SHAPES = st.one_of(
+    st.lists(DIMS, max_size=4).map(lambda dims: repr(tuple(dims))),
+    st.integers(0, 70).map(lambda n: repr((1,) * n)),
+    st.sampled_from(["[2, 2]", "None", "'4'", "(2.0, 2)", "(True,)", "()"]),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    descr=DESCRS,
+    shape=SHAPES,
+    fortran=st.sampled_from(["False", "True", "0", "'no'"]),
+    version=st.sampled_from([b"\x01\x00", b"\x02\x00", b"\x03\x00"]),
+    data=st.binary(max_size=96),
+)
+def test_load_npy_returns_an_array_or_raises_source_error(
+    descr: str, shape: str, fortran: str, version: bytes, data: bytes
+) -> None:
+    header = f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape}, }}".encode()
+    size = 2 if version == b"\x01\x00" else 4
+    total = len(b"\x93NUMPY") + 2 + size + len(header) + 1
+    header += b" " * (-total % 64) + b"\n"
+    body = b"\x93NUMPY" + version + len(header).to_bytes(size, "little") + header + data
+    try:
+        array = load_npy(body, "source.vectors")
+    except SourceError as exc:
+        field = exc.field
+    else:
+        field = None
+        assert isinstance(array, np.ndarray)
+        assert array.dtype.kind in "fiuUS"
+        assert array.dtype.itemsize > 0
+        assert array.dtype.fields is None
+        assert array.dtype.shape == ()
+        assert array.nbytes <= len(data)
+    assert field in (None, "source.vectors")
 
 
 def test_missing_source_object_is_a_source_error_naming_the_uri() -> None:
@@ -354,6 +472,44 @@ def test_corrupt_gzip_is_a_source_error() -> None:
     assert "gzip" in err.problem
 
 
+@pytest.mark.parametrize(
+    ("ident", "problem"),
+    [
+        ("doc7\x00", "U+0000 at position 4"),
+        ("doc\x00\x00", "U+0000 at position 3"),
+        ("doc\t7", "U+0009 at position 3"),
+        ("doc\x7f", "U+007F at position 3"),
+        ("", "1 to 256 bytes"),
+        ("é" * 129, "1 to 256 bytes"),
+        ("\ud800", "UTF-8"),
+    ],
+    ids=["trailing-nul", "two-trailing-nuls", "tab", "del", "empty", "too-long", "lone-surrogate"],
+)
+@pytest.mark.parametrize("kind", ["jsonl", "items"])
+def test_a_bad_string_id_is_refused_before_numpy_sees_it(kind: str, ident: str, problem: str) -> None:
+    """ "doc7" + NUL used to become "doc7" in the numpy text array, silently replacing doc7."""
+    rows = [
+        {"id": "doc7", "vector": [1, 2]},
+        {"id": "doc8", "vector": [2, 1]},
+        {"id": ident, "vector": [1, 1]},
+    ]
+    uri = f"{SRC}/ids.jsonl"
+    source = {"jsonl": uri} if kind == "jsonl" else {"items": rows}
+    body = "\n".join(json.dumps(r) for r in rows).encode("utf-8", "surrogatepass")
+    err = expect_invalid(
+        f"source.{kind}[2].id", lambda: read_source(source, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert problem in err.problem
+
+
+def test_jsonl_integer_and_string_ids_are_still_read() -> None:
+    uri = f"{SRC}/ids.jsonl"
+    rows = [{"id": 2**63 - 1, "vector": [1, 2]}, {"id": -(2**63) + 1, "vector": [2, 1]}]
+    body = "\n".join(json.dumps(r) for r in rows).encode()
+    c = read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    assert c.ids.tolist() == [2**63 - 1, -(2**63) + 1]
+
+
 def test_jsonl_item_with_unknown_field_is_named() -> None:
     uri = f"{SRC}/x.jsonl"
     body = jsonl([{"vector": [1, 2]}, {"vector": [1, 2], "vec": [3]}])
@@ -396,7 +552,7 @@ def test_inline_integer_labels_are_accepted() -> None:
         ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": "b"}], "source.items[].id", "not a mix"),
         ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": 1.5}], "source.items[1].id", "got float"),
         ([{"vector": [1, 2], "id": 1}, {"vector": [1, 3], "id": True}], "source.items[1].id", "got bool"),
-        ([{"vector": [1, 2], "id": 2**63}], "source.items[].id", "int64"),
+        ([{"vector": [1, 2], "id": 2**63}], "source.items[0].id", "int64"),
         ([{"vector": [1, 2], "id": 7}, {"vector": [1, 3], "id": 7}], "source.items[].id", "unique"),
         ([{"vector": [1, 2], "id": "x"}, {"vector": [1, 3], "id": "x"}], "source.items[].id", "unique"),
         ([{"vector": [1, 2], "label": "a"}, {"vector": [1, 3]}], "source.items[1].label", "is missing"),

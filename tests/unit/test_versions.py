@@ -32,7 +32,7 @@ from kdbuckets.storage import ObjectStore
 from kdbuckets.versions import describe_version, list_versions, rollback
 
 N, DIM = 240, 8
-PARAMS = BuildParams(metric="l2", bucket_size=30, refine=0, replicate=0.0)
+PARAMS = BuildParams(metric="l2", bucket_size=30, refine=0, replicate=0.0, dtype="float32")
 GRACE = 900.0
 LATER = GRACE + 3600.0  # seconds after the builds: everything built so far is past its grace
 ALL_PROBES = 4096
