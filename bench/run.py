@@ -28,6 +28,7 @@ import numpy as np
 
 from bench.datasets import Dataset, synthetic_clustered, wordnet
 from bench.s3sim import LatencyModel
+from bench.startup import disk_tier_effect, import_times, startup_markdown
 from kdbuckets import BuildParams, ObjectStore, Searcher, build_index, distances, make_collection
 from kdbuckets.ranking import bucket_scores, top_buckets
 
@@ -56,8 +57,8 @@ def variants() -> list[Variant]:
             "+ Lloyd refinement (10 it.)",
             {"split": "spread", "projection": "pca", "ranking": "centroid", "refine": 10, "replicate": 0.0},
         ),
-        Variant("ours (default): + 25% SOAR replication", {}),
-        Variant("ours, float16 buckets", {"dtype": "float16"}),
+        Variant("ours (default): + 25% SOAR replication, float16 buckets", {}),
+        Variant("ours, float32 buckets", {"dtype": "float32"}),
         Variant("ours with 50% replication", {"replicate": 0.5}),
     ]
 
@@ -308,6 +309,7 @@ def report(
     plots: list[str],
     out: Path,
     command: str,
+    startup: str = "",
 ) -> None:
     lines = [
         "# kdbuckets benchmark report",
@@ -430,8 +432,48 @@ def report(
                 )
                 lines.append(f"| {label} | {v['p50']:.0f} | {v['p99']:.0f} | {rounds} |")
         lines.append("")
+    if startup:
+        lines += [_section("startup", startup)]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def _section(name: str, body: str) -> str:
+    return f"<!-- section:{name} -->\n{body.rstrip()}\n<!-- /section:{name} -->\n"
+
+
+def replace_section(report_path: Path, name: str, body: str) -> None:
+    """Rewrite one marked section of REPORT.md in place (inserted before the plots if absent)."""
+    text = report_path.read_text() if report_path.exists() else "# kdbuckets benchmark report\n\n"
+    start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        text = head + _section(name, body) + tail
+    elif "## Plots" in text:
+        head, tail = text.split("## Plots", 1)
+        text = head + _section(name, body) + "\n## Plots" + tail
+    else:
+        text = text + "\n" + _section(name, body)
+    report_path.write_text(text)
+
+
+def measure_startup(args: argparse.Namespace) -> str:
+    """The cold-start section alone: import times, and the /tmp tier on the first data set."""
+    ds = next(d for d in (wordnet(), synthetic_clustered(n=100_000)) if d is not None)
+    with moto_s3():
+        store = ObjectStore("bench")
+        data = make_collection(ds.vectors, None, ds.labels, metric=ds.metric)
+        print(f"== building {ds.name} for the /tmp tier measurement", flush=True)
+        build_index(store, "startup", data, BuildParams(metric=ds.metric), replace=True)
+        model = LatencyModel(args.first_byte_ms, args.bandwidth_mb_s)
+        tier = disk_tier_effect(store, "startup", ds.queries, model)
+    print("== import times", flush=True)
+    return startup_markdown(import_times(), tier) + (
+        f"\nMeasured on {ds.name} ({len(ds.vectors):,} vectors) with the S3 latency model "
+        f"(first byte {args.first_byte_ms:g} ms, {args.bandwidth_mb_s:g} MB/s per connection); "
+        f"`python -m bench.run --only startup` reruns this section alone.\n"
+    )
 
 
 def main() -> None:
@@ -442,9 +484,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent))
     parser.add_argument("--first-byte-ms", type=float, default=20.0)
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
+    parser.add_argument(
+        "--only",
+        choices=["startup"],
+        help="measure one section and replace just that section of an existing REPORT.md",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only == "startup":
+        section = measure_startup(args)
+        replace_section(out / "REPORT.md", "startup", section)
+        print(section)
+        return
     datasets = [
         d for d in (wordnet(), synthetic_clustered(n=100_000 if args.quick else 1_000_000)) if d is not None
     ]
@@ -479,9 +531,15 @@ def main() -> None:
             }
             print(f"  latency: {extras[ds.name]['latency']}", flush=True)
             results[ds.name] = rows
+        startup = startup_markdown(
+            import_times(),
+            disk_tier_effect(
+                store, "ds0-v3", datasets[0].queries, LatencyModel(args.first_byte_ms, args.bandwidth_mb_s)
+            ),
+        )
     plots = plot(results, out)
     command = "make bench" + (" (--quick)" if args.quick else "")
-    report(results, extras, plots, out, command)
+    report(results, extras, plots, out, command, startup)
     print(f"wrote {out / 'REPORT.md'}")
 
 

@@ -31,7 +31,9 @@ from kdbuckets.storage import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ("query", "build", "write")
-DEPENDENCIES = "numpy, boto3, pydantic (BaseModel, Field, annotated_types), msgpack, Powertools Logger and Metrics"
+DEPENDENCIES = (
+    "numpy, boto3, pydantic (BaseModel, Field, annotated_types), msgpack, Powertools Logger and Metrics"
+)
 
 _PROBE = """
 import time
