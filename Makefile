@@ -17,7 +17,7 @@ FN ?= query
 EVENT ?= events/query_basic.json
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format invoke bench tools-venv validate build deploy clean
+.PHONY: help venv demo test test-slow lint format invoke package bench tools-venv validate build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -46,8 +46,13 @@ format: $(VENV_STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-invoke: $(VENV_STAMP) ## run one handler with one event through awslambdaric: make invoke FN=query EVENT=events/query_basic.json
-	$(PY) -m devtools.invoke $(FN) $(EVENT)
+invoke: $(VENV_STAMP) ## run one handler with one event through awslambdaric: make invoke FN=query EVENT=events/query_basic.json (demo index cached; INVOKE_ARGS=--rebuild; own S3: AWS_ENDPOINT_URL_S3 + INDEX_BUCKET)
+	$(PY) -m devtools.invoke $(FN) $(EVENT) $(INVOKE_ARGS)
+
+package: $(VENV_STAMP) ## build the kdbuckets library wheel into dist/ (pip install dist/kdbuckets-*.whl)
+	$(PY) -m pip wheel . -w dist --no-deps --quiet --disable-pip-version-check
+	rm -rf build shared/kdbuckets.egg-info
+	@ls dist/kdbuckets-*.whl
 
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.stamp

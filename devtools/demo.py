@@ -1,6 +1,6 @@
 """`make demo`: build an index and query it through the real Lambda handlers, on a local S3.
 
-    python -m devtools.demo [--synthetic]
+    python -m devtools.demo [--synthetic]      (or KDBUCKETS_SYNTHETIC=1 make demo)
 
 Why: it is the README's first command, so it shows what the service answers — neighbours,
 k-NN classification, recall against brute force and what each query reads from S3 — without an
@@ -33,7 +33,7 @@ from devtools import local
 
 EVENTS = local.REPO / "events"
 FUNCTIONS = local.REPO / "functions"
-PROBE_SWEEP = (4, 8, 16, 32)
+PROBE_SWEEP = (1, 2, 4, 8, 16, 32)
 DEFAULT_PROBES = 8  # QueryRequest's default; the recall run leaves `probes` out of its events
 RECALL_K = 10
 TEXT_WIDTH = 58
@@ -325,11 +325,15 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
     batches = -(-n // MAX_QUERY_VECTORS)
     section(f"Recall   {n:,} held-out queries, k={RECALL_K}, vs exact brute force (numpy, cosine)")
     exact = exact_neighbours(sample, RECALL_K)
-    rows_per_bucket = build["stored_rows"] / build["buckets"]  # replicas included: they are read too
+    copies = build["stored_rows"] / build["count"]
 
     def fraction(probes: int) -> float:
-        # a query never reads more than every bucket, whatever it asked for
-        return min(probes, build["buckets"]) * rows_per_bucket / build["count"]
+        """Share of the index's buckets (≈ of its stored rows) one query reads: at most 100%.
+
+        Not a share of the collection's vectors: with replication the index stores ``copies``
+        rows per vector, so reading every bucket reads more rows than there are vectors.
+        """
+        return min(probes, build["buckets"]) / build["buckets"]
 
     default = run_held_out(query, sample, exact, None)
     print(
@@ -338,7 +342,8 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
     )
     print(
         f"each query reads {default.probes} of {build['buckets']} buckets = {fraction(default.probes):.1%} "
-        f"of the collection ({size(default.probes * bucket_bytes)} from a cold cache)"
+        f"of the index ({size(default.probes * bucket_bytes)} from a cold cache; the index stores "
+        f"{copies:.2f} rows per vector)"
     )
     events = "one event" if batches == 1 else f"{batches} events of ≤ {MAX_QUERY_VECTORS:,} vectors"
     per_query = size(default.distinct_buckets * bucket_bytes / n)
@@ -347,10 +352,10 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
         f"batched ({events}): {default.distinct_buckets} distinct buckets = {per_query} per query "
         f"({default.buckets_fetched} fetched, {cached} cached; {default.elapsed_ms / 1000:.1f} s)"
     )
-    print(f"  {'probes':>6} {'recall@10':>10} {'read/query':>11} {'accuracy':>9} {'ms':>7}")
+    print(f"  {'probes':>6} {'recall@10':>10} {'buckets read':>13} {'accuracy':>9} {'ms':>7}")
     for probes in PROBE_SWEEP:
         r = default if probes == default.probes else run_held_out(query, sample, exact, probes)
-        row = f"{probes:>6} {r.recall:>10.3f} {fraction(r.probes):>11.1%} {r.accuracy:>9.3f}"
+        row = f"{probes:>6} {r.recall:>10.3f} {fraction(r.probes):>13.1%} {r.accuracy:>9.3f}"
         print(f"  {row} {r.elapsed_ms:>7.0f}")
     print(f"  (probes={default.probes} ran first; later passes find most buckets in the container's cache)")
 
@@ -373,11 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run every step against one throw-away S3 server, stopped on the way out even on error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--synthetic", action="store_true", help="use the synthetic sample even if real data exists"
+        "--synthetic",
+        action="store_true",
+        help=f"use the synthetic sample even if real data exists (also: {local.FORCE_SYNTHETIC}=1)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    sample = local.synthetic() if args.synthetic else local.load_sample()
+    sample = local.realistic() if args.synthetic else local.load_sample()
     with local_s3() as endpoint:
         quiet_environment(endpoint)
         print(f"kdbuckets demo: build + query Lambda handlers on an embedded moto S3 at {endpoint}")

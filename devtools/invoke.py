@@ -12,10 +12,12 @@ reports what the caller of ``Invoke`` would get back.
 stdout carries only the result: the response JSON, or the error document (exit status 1).
 The runtime's own output -- the function's logs -- goes to stderr.
 
-S3: if ``AWS_ENDPOINT_URL_S3`` is set it is used as is (your moto server, or real AWS).
-Otherwise an embedded moto S3 server is started on 127.0.0.1 with fake credentials and
+S3: if ``AWS_ENDPOINT_URL_S3`` is set it is used as is (your moto server, or real AWS), and
+``INDEX_BUCKET`` must name the index bucket there (nothing is created or seeded). Otherwise an
+embedded moto S3 server is started on 127.0.0.1 with fake credentials and
 ``devtools.local.prepare`` fills it with the demo data (and, except for FN=build, the demo
-index) so that a query has something to hit.
+index) so that a query has something to hit. The demo index is built once and cached (see
+``devtools.local.prepare``); ``--rebuild`` builds it again.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def template_settings(fn: str, template: Path) -> tuple[dict[str, str], dict[str
 
 
 # --------------------------------------------------------------------------- S3
-def _start_embedded_s3(stack: ExitStack, fn: str) -> None:
+def _start_embedded_s3(stack: ExitStack, fn: str, rebuild: bool = False) -> None:
     """Start moto's S3 on 127.0.0.1, point this process (and so the child) at it, fill it."""
     try:
         from moto.server import ThreadedMotoServer
@@ -171,7 +173,7 @@ def _start_embedded_s3(stack: ExitStack, fn: str) -> None:
         print("[invoke] devtools/local.py not found: S3 starts empty", file=sys.stderr)
         return
     with redirect_stdout(sys.stderr):  # stdout is reserved for the result
-        local.prepare(endpoint_url=endpoint, build_index=(fn != "build"))
+        local.prepare(endpoint_url=endpoint, build_index=(fn != "build"), rebuild=rebuild)
 
 
 # --------------------------------------------------------------------------- runtime
@@ -238,8 +240,28 @@ def _lambda_env(
     return env
 
 
+def _require_index_bucket() -> None:
+    """With an endpoint of the caller's own, the handlers need INDEX_BUCKET from the caller.
+
+    The template's INDEX_BUCKET is ``!Ref IndexBucket``, which only a deployed stack resolves;
+    without this check the handler would fail inside Lambda with a bare ``KeyError``.
+    """
+    if not os.environ.get("INDEX_BUCKET"):
+        raise SetupError(
+            f"AWS_ENDPOINT_URL_S3 is set ({os.environ['AWS_ENDPOINT_URL_S3']}), so that S3 is used as "
+            "is and nothing is seeded: set INDEX_BUCKET to its index bucket (and INDEX_PREFIX if "
+            "any), e.g. make invoke INDEX_BUCKET=my-index FN=query EVENT=events/query_tiny.json; "
+            "or unset AWS_ENDPOINT_URL_S3 to use an embedded moto S3 with the demo data"
+        )
+
+
 def invoke(
-    fn: str, event: Any, timeout_s: float | None = None, memory_mb: int | None = None
+    fn: str,
+    event: Any,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
+    *,
+    rebuild: bool = False,
 ) -> InvocationResult:
     """Run ``functions/<fn>`` once with ``event``; return what ``Invoke`` would return."""
     fn_dir = REPO / "functions" / fn
@@ -257,8 +279,10 @@ def invoke(
     with ExitStack() as stack:
         saved_environ = dict(os.environ)
         stack.callback(_restore_environ, saved_environ)
-        if not os.environ.get("AWS_ENDPOINT_URL_S3"):
-            _start_embedded_s3(stack, fn)
+        if os.environ.get("AWS_ENDPOINT_URL_S3"):
+            _require_index_bucket()
+        else:
+            _start_embedded_s3(stack, fn, rebuild)
         api = LocalRuntimeAPI(
             function_arn=f"arn:aws:lambda:{region}:{FAKE_ACCOUNT}:function:kdbuckets-{fn}",
             function_timeout_s=timeout,
@@ -329,13 +353,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="AWS_LAMBDA_FUNCTION_MEMORY_SIZE in MB (default: template.yaml, else 1024)",
     )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="embedded S3 only: build the demo index again instead of using the cached one",
+    )
     args = parser.parse_args(argv)
     try:
         event = json.loads(args.event.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read event {args.event}: {exc}")
     try:
-        result = invoke(args.fn, event, timeout_s=args.timeout, memory_mb=args.memory)
+        result = invoke(args.fn, event, timeout_s=args.timeout, memory_mb=args.memory, rebuild=args.rebuild)
     except SetupError as exc:
         print(f"[invoke] {exc}", file=sys.stderr)
         return 2

@@ -61,6 +61,19 @@ TINY_ITEMS = [
 ]
 
 
+#: Collection-level write events (``make invoke FN=write EVENT=events/write_drop.json``). The
+#: drop names a version that is never live on purpose: it answers Conflict naming the live one,
+#: which is how a drop is meant to be used (look first, then drop exactly what you saw).
+COLLECTION_EVENTS = {
+    "write_list_collections.json": {"operation": "list_collections"},
+    "write_drop.json": {
+        "collection": "tiny",
+        "operation": "drop",
+        "expected_version": "20260101T000000000000Z-00000000",
+    },
+}
+
+
 def main() -> None:
     sample = load_sample()
     q = [np.round(v.astype(np.float64), 5).tolist() for v in sample.queries[:3]]
@@ -135,6 +148,7 @@ def main() -> None:
             "source": {"vectors": SRC + "missing.npy"},
         },
     }
+    events.update(COLLECTION_EVENTS)
     for name, event in events.items():
         text = json.dumps(event, indent=1)
         (REPO / "events" / name).write_text((text if len(text) < 2000 else json.dumps(event)) + "\n")

@@ -24,6 +24,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .admin import CollectionInfo, DropReport, drop_collection, list_collections
     from .builder import BuildParams, BuildResult, build_index
     from .collection import Collection, make_collection
     from .gc import GcReport, collect_garbage
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from .versions import VersionInfo, describe_version, list_versions, rollback
 
 _LAZY = {
+    "CollectionInfo": "admin",
+    "DropReport": "admin",
+    "drop_collection": "admin",
+    "list_collections": "admin",
     "BuildParams": "params",
     "BuildResult": "builder",
     "build_index": "builder",
@@ -55,10 +60,12 @@ __all__ = [
     "BuildResult",
     "Classification",
     "Collection",
+    "CollectionInfo",
     "CollectionNotFound",
     "ConfigurationError",
     "Conflict",
     "CorruptObject",
+    "DropReport",
     "GcReport",
     "InvalidRequest",
     "KdBucketsError",
@@ -72,6 +79,8 @@ __all__ = [
     "build_index",
     "collect_garbage",
     "describe_version",
+    "drop_collection",
+    "list_collections",
     "list_versions",
     "make_collection",
     "rollback",

@@ -23,6 +23,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from . import layout
 from .codec import fingerprint
 from .errors import CollectionNotFound, Conflict, CorruptObject
@@ -167,6 +169,8 @@ def publish(store: ObjectStore, manifest: Manifest, expected_etag: str | None) -
             store.put(hkey, head, if_absent=True)
         else:
             store.put(hkey, head, if_match=expected_etag)
+    except NotFound:  # If-Match on a HEAD that is gone: the collection was dropped meanwhile
+        raise CollectionNotFound(manifest.collection) from None
     except PreconditionFailed:
         if _head_names(store, manifest.collection, manifest.version):  # our swap landed, its response did not
             return mkey
@@ -187,6 +191,27 @@ def swap_head(store: ObjectStore, collection: str, head_body: bytes, expected_et
     if expected_etag is None:
         return store.put(hkey, head_body, if_absent=True)
     return store.put(hkey, head_body, if_match=expected_etag)
+
+
+def delete_head(store: ObjectStore, collection: str, expected_etag: str) -> bool:
+    """Delete HEAD iff it still has ``expected_etag`` (a compare-and-swap to "no collection").
+
+    The first step of dropping a collection: once HEAD is gone every query and writer sees
+    :class:`CollectionNotFound`, whatever objects remain. S3 ``DeleteObject`` with ``If-Match``
+    is the CAS (moto honours it too). Returns False when HEAD was already gone (a concurrent
+    drop, or a retry of ours whose first attempt landed); raises
+    :class:`~kdbuckets.storage.PreconditionFailed` when HEAD changed — the caller words the
+    conflict. A writer that read the old HEAD then fails its own CAS: it cannot resurrect it.
+    """
+    key = store.prefix + layout.head_key(collection)
+    try:
+        store.client.delete_object(Bucket=store.bucket, Key=key, IfMatch=expected_etag)
+    except (ClientError, BotoCoreError) as exc:  # translated (and typed) by the store
+        try:
+            store._fail(exc, key)
+        except NotFound:
+            return False
+    return True
 
 
 def _holds(store: ObjectStore, key: str, sha: str) -> bool:

@@ -276,6 +276,20 @@ class GcRequest(RequestModel):
     dry_run: bool = False
 
 
+class ListCollectionsRequest(RequestModel):
+    """List every collection under the store's prefix (so it names no collection)."""
+
+    operation: Literal["list_collections"]
+
+
+class DropRequest(RequestModel):
+    """Delete a whole collection, only if HEAD is still ``expected_version`` (required: no undo)."""
+
+    collection: CollectionName
+    operation: Literal["drop"]
+    expected_version: VersionId
+
+
 #: Each write operation and the model of its event.
 WRITE_MODELS: dict[str, type[RequestModel]] = {
     "upsert": UpsertRequest,
@@ -285,6 +299,8 @@ WRITE_MODELS: dict[str, type[RequestModel]] = {
     "describe": DescribeRequest,
     "rollback": RollbackRequest,
     "gc": GcRequest,
+    "list_collections": ListCollectionsRequest,
+    "drop": DropRequest,
 }
 WriteRequest = Annotated[
     UpsertRequest
@@ -293,7 +309,9 @@ WriteRequest = Annotated[
     | VersionsRequest
     | DescribeRequest
     | RollbackRequest
-    | GcRequest,
+    | GcRequest
+    | ListCollectionsRequest
+    | DropRequest,
     Field(discriminator="operation"),
 ]
 _WRITE: TypeAdapter[Any] = TypeAdapter(WriteRequest)

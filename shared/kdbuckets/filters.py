@@ -15,8 +15,13 @@ Semantics follow MongoDB on flat documents (see :mod:`kdbuckets.metadata` for th
 * on a list value, ``$eq``/``$in`` and the range operators match when ANY element matches (two
   operators on one key may be satisfied by different elements, as in MongoDB);
 * ``$ne``/``$nin`` are the exact negations of ``$eq``/``$in``, so rows without the key match them;
-* ``$gt $gte $lt $lte`` compare numbers with numbers and strings with strings (Unicode code-point
-  order, which is also UTF-8 byte order); any other pairing never matches;
+* ``$gt $gte $lt $lte`` take a number or a string (anything else is refused) and compare only
+  values of that type, as MongoDB's type bracketing does: a number bound compares numbers, a
+  string bound compares strings (Unicode code-point order, which is also UTF-8 byte order), and a
+  value of any other type never satisfies it. So ``{"year": {"$gte": "2020"}}`` matches the
+  *string* years "2020" and "2021" but never the *number* 2021 — the parser cannot refuse it
+  (it does not know what a collection stores; a key may hold both), so the rule is stated here
+  and in the README: range over numbers with number bounds;
 * ``$exists: true`` matches rows holding the key, whatever its value (null and [] included).
 
 A parsed filter is a frozen dataclass tree: immutable, hashable and comparable, so it can key a

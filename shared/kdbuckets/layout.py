@@ -57,5 +57,10 @@ def id_shard_key(collection: str, fingerprint: str) -> str:
     return f"{check_collection(collection)}/ids/{fingerprint}"
 
 
+def drop_marker_key(collection: str) -> str:
+    """Where a drop in progress records the version it drops (see :mod:`kdbuckets.admin`)."""
+    return f"{check_collection(collection)}/DROPPING"
+
+
 def rollback_key(collection: str, stamp: str) -> str:
     return f"{check_collection(collection)}/rollbacks/{stamp}"

@@ -104,10 +104,17 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
 
 def write(event: object, store: ObjectStore) -> dict[str, Any]:
     """Validate a write event and apply it; the response names the new (or live) version."""
-    from . import gc, versions, writer
+    from . import admin, gc, versions, writer
 
     request = events.parse_write(event)
-    collection, op = request.collection, request.operation
+    op = request.operation
+    if isinstance(request, events.ListCollectionsRequest):  # the one operation without a collection
+        listed = admin.list_collections(store)
+        return {"operation": op, "prefix": store.prefix, "collections": [c.as_dict() for c in listed]}
+    collection = request.collection
+    if isinstance(request, events.DropRequest):
+        dropped = admin.drop_collection(store, collection, request.expected_version)
+        return {"operation": op, **dropped.as_dict()}
     if isinstance(request, events.UpsertRequest | events.DeleteRequest):
         if isinstance(request, events.UpsertRequest):
             result = writer.write(store, collection, upserts=request.to_collection(), deletes=None)

@@ -147,6 +147,11 @@ def rollback(
     layout.check_version(version, "version")
     if expected_head_version is not None:
         layout.check_version(expected_head_version, "expected_head_version")
+    if _exists(store, layout.drop_marker_key(collection)):
+        raise Conflict(
+            f"collection {collection!r} is being dropped; send the drop again to finish it "
+            "(a rollback cannot bring back a dropped collection); nothing was rolled back"
+        )
     hkey = layout.head_key(collection)
     try:
         head_body, etag = store.get(hkey)
@@ -200,6 +205,14 @@ def _prefix(collection: str, kind: str) -> str:
 def _rollback_key(collection: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return _prefix(collection, "rollbacks/") + f"{stamp}-{secrets.token_hex(4)}"
+
+
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.get(key)
+    except NotFound:
+        return False
+    return True
 
 
 def _decode_head_leniently(collection: str, body: bytes | None, *, strict: bool) -> Head | None:

@@ -225,6 +225,9 @@ OPERATORS = {
     "nested": {"$or": [{"$and": [{"lang": "en"}, {"year": 2024}]}, {"rare": True}]},
     "no-metadata-only": {"year": {"$exists": False}},
     "bool-is-not-a-number": {"rare": 1},
+    # a range bound compares only values of its own type: years are numbers, langs strings
+    "string-bound-never-matches-numbers": {"year": {"$gte": "2020"}},
+    "number-bound-never-matches-strings": {"lang": {"$gt": 0}},
     "empty-filter": {},
 }
 

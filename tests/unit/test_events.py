@@ -393,7 +393,7 @@ def test_gc_gets_its_defaults() -> None:
         (
             write("describe", version=GOOD_VERSION, expected_version=GOOD_VERSION),
             "expected_version",
-            "'rollback'",
+            "'rollback', 'drop'",
         ),
         (write("upsert", items=[item()], dry_run=True), "dry_run", "'gc'"),
     ],
@@ -435,7 +435,9 @@ def test_the_field_an_operation_needs_is_required_for_it(event: dict[str, Any], 
 
 
 def test_a_write_without_a_collection_is_refused() -> None:
-    assert refused(parse_write, {"operation": "compact"}, "collection").problem == "is required"
+    # "for operation ...": list_collections is the one write operation that names no collection
+    problem = refused(parse_write, {"operation": "compact"}, "collection").problem
+    assert problem == "is required for operation 'compact'"
 
 
 @pytest.mark.parametrize(

@@ -485,3 +485,20 @@ def test_ten_thousand_rows_agree_with_the_reference() -> None:
     ]
     for flt in filters:
         assert parse_filter(flt).mask(columns, len(records)).tolist() == [reference(r, flt) for r in records]
+
+
+def test_a_range_bound_compares_only_values_of_its_own_type() -> None:
+    """Issue 10 item 5: ``{"$gte": "2020"}`` on numeric years is defined, not an accident.
+
+    A string bound compares strings lexicographically, a number bound numbers numerically; a
+    value of the other type (or a boolean, or null) never satisfies either, in scalars and in
+    lists alike. Non-orderable bounds are refused (see the validation cases below).
+    """
+    years = MetadataColumns.from_records(
+        [{"y": 2021}, {"y": "2021"}, {"y": "999"}, {"y": [2019, "2030"]}, {"y": True}, {"y": None}, {}]
+    )
+    # strings compare as text: "999" >= "2020" (zero-pad, or store numbers, to range numerically)
+    assert rows({"y": {"$gte": "2020"}}, years, 7) == [1, 2, 3]
+    assert rows({"y": {"$gte": 2020}}, years, 7) == [0]
+    assert rows({"y": {"$lt": 2020}}, years, 7) == [3]  # the list's number 2019
+    assert rows({"y": {"$gt": ""}}, years, 7) == [1, 2, 3]  # every string, no number
