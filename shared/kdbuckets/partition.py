@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .projection import fit_pca
+from .projection import fit_pca, project
 from .refine import lloyd, spill
 from .tree import Tree, build_tree, with_basis
 
@@ -36,9 +36,13 @@ class Partition:
 
 
 def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
-    """Split prepared vectors (n, d) into leaves of the average-split tree."""
+    """Split prepared vectors (n, d) into leaves of the average-split tree.
+
+    Memory: besides ``vectors`` only the rotated coordinates (one float32 copy, freed once the
+    tree is built) and a training sample for Lloyd's iterations are ever whole.
+    """
     basis = fit_pca(vectors, seed=params.seed) if params.projection == "pca" else None
-    coords = vectors if basis is None else vectors @ basis.T
+    coords = vectors if basis is None else project(vectors, basis)
     tree, leaf_of_row = build_tree(
         coords,
         bucket_size=params.bucket_size,
@@ -46,6 +50,7 @@ def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
         seed=params.seed,
         split=params.split,
     )
+    del coords  # the rotated copy is the build's largest allocation after the vectors: drop it now
     n_leaves = tree.n_leaves
     primary, centroids = lloyd(vectors, leaf_of_row, n_leaves, iterations=params.refine, seed=params.seed)
     secondary = spill(vectors, primary, centroids, params.replicate)

@@ -33,12 +33,18 @@ def centroids_of(
     return out.astype(np.float32)
 
 
-def _scatter_add(sums: np.ndarray, vectors: np.ndarray, assign: np.ndarray) -> None:
-    """Per-cell sums via one sort and ``np.add.reduceat`` (much faster than add.at)."""
-    order = np.argsort(assign, kind="stable")
-    sorted_assign = assign[order]
-    starts = np.flatnonzero(np.r_[True, sorted_assign[1:] != sorted_assign[:-1]])
-    sums[sorted_assign[starts]] = np.add.reduceat(vectors[order], starts, axis=0, dtype=np.float64)
+def _scatter_add(sums: np.ndarray, vectors: np.ndarray, assign: np.ndarray, chunk: int = 8192) -> None:
+    """Per-cell sums via a sort and ``np.add.reduceat`` per chunk of rows (much faster than add.at).
+
+    Chunked so that the sorted float64 copy is a few tens of MB, never the whole matrix.
+    """
+    for start in range(0, len(vectors), chunk):
+        block_assign = assign[start : start + chunk]
+        order = np.argsort(block_assign, kind="stable")
+        sorted_assign = block_assign[order]
+        starts = np.flatnonzero(np.r_[True, sorted_assign[1:] != sorted_assign[:-1]])
+        block = vectors[start : start + chunk][order].astype(np.float64)
+        sums[sorted_assign[starts]] += np.add.reduceat(block, starts, axis=0)
 
 
 def lloyd(
@@ -79,13 +85,26 @@ def lloyd(
     return final, centroids_of(vectors, final, n_cells, previous=centroids)
 
 
-def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, chunk: int = 32_768) -> np.ndarray:
-    """Index of the nearest centroid (squared l2) of every row — shape (n,); chunked matmul."""
+#: Size of one (rows × cells) float32 score block in :func:`nearest_centroid`.
+SCORE_BLOCK_BYTES = 32 << 20
+
+
+def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Index of the nearest centroid (squared l2) of every row — shape (n,); chunked matmul.
+
+    Rows go in chunks (by default, as many as keep a score block near
+    :data:`SCORE_BLOCK_BYTES`), scored in place (``-2·x·c + ‖c‖²``), so memory does not grow
+    with the collection or the number of cells.
+    """
     sq = np.einsum("ij,ij->i", centroids, centroids)
     out = np.empty(len(vectors), dtype=np.int64)
+    if chunk is None:
+        chunk = max(256, min(32_768, SCORE_BLOCK_BYTES // (4 * max(len(centroids), 1))))
     for start in range(0, len(vectors), chunk):
-        block = vectors[start : start + chunk]
-        out[start : start + chunk] = np.argmin(sq[None, :] - 2.0 * (block @ centroids.T), axis=1)
+        scores = vectors[start : start + chunk] @ centroids.T
+        scores *= -2.0
+        scores += sq
+        out[start : start + chunk] = np.argmin(scores, axis=1)
     return out
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def build(event: object, store: ObjectStore) -> dict[str, Any]:
     """Validate a build event, read its source, build and publish. Response per DESIGN §4."""
     from .builder import build_index
-    from .sources import read_source
+    from .sources import StoreReader, read_source
 
     request = events.parse_build(event)
     params = request.params()
@@ -31,7 +31,7 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
         request.source,
         metric=params.metric,
         dtype=params.dtype,
-        fetch=lambda uri: store.get_from(uri.bucket, uri.key)[0],
+        reader=StoreReader(store),  # ranged GETs into one preallocated matrix; prefixes = shards
     )
     read_ms = round((time.perf_counter() - started) * 1000.0, 1)
     result = build_index(
@@ -41,6 +41,7 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
         params,
         replace=request.replace,
         expected_version=request.expected_version,
+        in_place=True,  # the collection was read for this build alone: prepare it in place
     )
     timings = {"read_ms": read_ms, **result.timings_ms}
     timings["total_ms"] = round(read_ms + result.timings_ms["total_ms"], 1)

@@ -216,6 +216,45 @@ class ObjectStore:
                 raise _translate(exc, bucket, key) from exc
         raise AssertionError("unreachable")
 
+    def get_range(
+        self, bucket: str, key: str, start: int, end: int, *, if_match: str | None = None
+    ) -> tuple[bytes, int, str]:
+        """Bytes ``[start, end)`` of any object, its total size and its ETag (an S3 Range GET).
+
+        For chunked readers of large sources: the errors are :meth:`get_from`'s, and a body cut
+        off while streaming is re-requested the same way. ``if_match`` (the ETag of an earlier
+        read) makes an object replaced meanwhile a :class:`PreconditionFailed`, so one file is
+        never read half old, half new. A range starting at or past the end of the object (S3's
+        416) returns no bytes: an empty object reads as ``(b"", 0, "")``.
+        """
+        if not 0 <= start < end:
+            raise ValueError(f"bad byte range [{start}, {end})")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        for attempt in range(1, BODY_ATTEMPTS + 1):
+            try:
+                resp = self.client.get_object(**kwargs)
+                body = resp["Body"].read()
+                total = resp.get("ContentRange", "").rpartition("/")[2]
+                return body, int(total) if total.isdigit() else start + len(body), resp["ETag"]
+            except _STREAM_ERRORS as exc:
+                if attempt == BODY_ATTEMPTS:
+                    where = f"s3://{bucket}/{key}"
+                    raise StorageError(
+                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})",
+                        bucket=bucket,
+                        key=key,
+                    ) from exc
+                time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+            except _BOTO_ERRORS as exc:
+                if _status(exc) == 416:
+                    size = str(getattr(exc, "response", {}).get("Error", {}).get("ActualObjectSize", ""))
+                    if size.isdigit() and start >= int(size):
+                        return b"", int(size), ""
+                raise _translate(exc, bucket, key) from exc
+        raise AssertionError("unreachable")
+
     def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
         """Conditional GET: None when the object still has ``etag`` (HTTP 304)."""
         try:
@@ -286,6 +325,20 @@ class ObjectStore:
         except _BOTO_ERRORS as exc:
             self._fail(exc, self.prefix + prefix)
         return out
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every key under ``prefix`` in any bucket (sources may live in another), in key order.
+
+        Errors as :meth:`get_from`'s: a missing bucket is a :class:`BucketNotFound`, a refusal
+        an :class:`AccessDenied`, each naming ``s3://bucket/prefix``.
+        """
+        keys: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        except _BOTO_ERRORS as exc:
+            raise _translate(exc, bucket, prefix) from exc
+        return sorted(keys)  # S3 lists in UTF-8 binary order already; other stores may not
 
     def delete_many(self, keys: Sequence[str]) -> int:
         """Delete objects (relative keys) in batches of 1,000; returns how many were deleted."""

@@ -510,4 +510,11 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
         metadata=metadata,
     )
     params = BuildParams(**m.params)
-    return build_index(store, collection, data, params, expected_head=catalog.HeadState(snap.head, snap.etag))
+    return build_index(
+        store,
+        collection,
+        data,
+        params,
+        expected_head=catalog.HeadState(snap.head, snap.etag),
+        in_place=True,  # data is a fresh concatenation of the buckets
+    )

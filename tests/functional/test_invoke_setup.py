@@ -36,6 +36,7 @@ def _answers(sample: local.Sample) -> list[Any]:
     return [demo.version, [list(map(str, row)) for row in demo.ids], tiny["version"], tiny["results"]]
 
 
+@pytest.mark.slow  # builds the sample index twice (~15 s)
 def test_the_sample_index_is_built_once_then_restored_from_the_cache(
     moto_server: Any, sample: local.Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

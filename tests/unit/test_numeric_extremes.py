@@ -261,6 +261,7 @@ def test_values_just_inside_the_limit_build_and_query_exactly(
     )
 
 
+@pytest.mark.slow  # a 4,096-d build (PCA of a 4,096 × 4,096 covariance): ~25 s on 2 cores
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_the_largest_vectors_at_the_largest_dimension_stay_finite(s3_store: ObjectStore) -> None:
     """d = 4096, every component ±1e15: squared distances reach 1.6e34, far below float32 max."""

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdbuckets import sources
 from kdbuckets.errors import InvalidRequest, SourceError, StorageError
-from kdbuckets.sources import items_to_collection, load_npy, read_source, vector_matrix
-from kdbuckets.storage import AccessDenied, BucketNotFound, NotFound, PreconditionFailed, S3Uri
+from kdbuckets.sources import StoreReader, items_to_collection, load_npy, read_source, vector_matrix
+from kdbuckets.storage import AccessDenied, BucketNotFound, NotFound, ObjectStore, PreconditionFailed, S3Uri
 
 SRC = "s3://kdbuckets-src/data"
 
@@ -617,3 +618,197 @@ def test_vector_matrix_names_the_first_bad_element(rows: list[Any], field: str, 
 def test_vector_matrix_refuses_booleans_mixed_with_numbers(rows: list[Any]) -> None:
     with pytest.raises(InvalidRequest, match="got bool"):
         vector_matrix(rows, field="vectors")
+
+
+# -- chunked .npy reads and streamed JSON Lines ----------------------------------------------
+WIDE = np.random.default_rng(5).normal(size=(37, 6)) * 10
+
+
+@pytest.mark.parametrize("chunk", [1, 24, 100, 1 << 20])
+@pytest.mark.parametrize(
+    "array",
+    [
+        WIDE.astype("<f2"),
+        WIDE.astype("<f4"),
+        WIDE.astype(">f8"),
+        WIDE.astype("<i2"),
+        np.asfortranarray(WIDE.astype(np.float32)),
+    ],
+    ids=["float16", "float32", "big-endian-float64", "int16", "fortran"],
+)
+def test_chunked_npy_reads_equal_a_whole_read(
+    monkeypatch: pytest.MonkeyPatch, chunk: int, array: np.ndarray
+) -> None:
+    """Chunks of any size (a row split over two chunks included) convert exactly as one read."""
+    monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
+    c = read_source({"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=fetcher({f"{SRC}/v.npy": npy(array)}))
+    assert c.vectors.dtype == np.float32
+    assert c.vectors.flags.c_contiguous
+    assert np.array_equal(c.vectors, array.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("row", "value", "dtype", "words"),
+    [
+        (30, np.nan, "float32", "NaN"),
+        (21, 1e16, "float32", "±1e+15"),
+        (36, 70_000.0, "float16", "float16"),
+    ],
+)
+def test_a_bad_row_in_a_later_chunk_is_named_by_its_row(
+    monkeypatch: pytest.MonkeyPatch, row: int, value: float, dtype: str, words: str
+) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 5 * 6 * 8)  # five float64 rows per chunk
+    v = WIDE.copy()
+    v[row, 2] = value
+    err = expect_invalid(
+        f"source.vectors[{row}]",
+        lambda: read_source(
+            {"vectors": f"{SRC}/v.npy"}, metric="l2", dtype=dtype, fetch=fetcher({f"{SRC}/v.npy": npy(v)})
+        ),
+    )
+    assert words in err.problem
+
+
+def test_a_vectors_header_is_checked_before_any_data_is_read() -> None:
+    header_only = npy(np.zeros((3, 5000), np.float32))[:128]
+    err = expect_invalid(
+        "source.vectors",
+        lambda: read_source(
+            {"vectors": f"{SRC}/v.npy"}, metric="l2", fetch=fetcher({f"{SRC}/v.npy": header_only})
+        ),
+        source_error=True,
+    )
+    assert "truncated" in err.problem
+
+
+@pytest.mark.parametrize("piece", [3, 64, 1 << 20])
+@pytest.mark.parametrize("gzipped", ["plain", "gzip", "two-gzip-members"])
+def test_jsonl_streamed_in_pieces_reads_every_item(
+    monkeypatch: pytest.MonkeyPatch, piece: int, gzipped: str
+) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", piece)
+    monkeypatch.setattr(sources, "JSONL_BLOCK_ROWS", 2)
+    rows = [
+        {"id": f"r{i}", "vector": [float(i), 1.0, -2.5], "label": "even" if i % 2 == 0 else "odd"}
+        for i in range(9)
+    ]
+    body = jsonl(rows).replace(b"\n", b"\r\n", 3)
+    if gzipped == "gzip":
+        body = gzip.compress(body)
+    elif gzipped == "two-gzip-members":
+        body = gzip.compress(body[:50]) + gzip.compress(body[50:])
+    uri = f"{SRC}/items.jsonl"
+    c = read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    assert c.ids.tolist() == [f"r{i}" for i in range(9)]
+    assert np.array_equal(c.vectors, np.array([r["vector"] for r in rows], np.float32))
+    assert [c.label_names[k] for k in c.label_codes] == [r["label"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "words"),
+    [
+        ({"vector": [1e16, 1.0]}, "source.jsonl[5].vector", "±1e+15"),
+        ({"vector": [1.0, "x"]}, "source.jsonl[5].vector[1]", "must be a number"),
+        ({"vector": [1.0, 2.0, 3.0]}, "source.jsonl[5].vector", "3 dimensions"),
+        ({"vector": [float("nan"), 1.0]}, "source.jsonl[5]", "NaN"),
+    ],
+    ids=["too-large", "not-a-number", "other-dimension", "nan"],
+)
+def test_a_bad_jsonl_vector_in_a_later_block_is_named_by_its_item(
+    monkeypatch: pytest.MonkeyPatch, bad: dict[str, Any], field: str, words: str
+) -> None:
+    monkeypatch.setattr(sources, "JSONL_BLOCK_ROWS", 2)
+    rows = [{"vector": [1.0, float(i)]} for i in range(8)]
+    rows[5] = bad
+    uri = f"{SRC}/items.jsonl"
+    body = "\n".join(json.dumps(r) for r in rows).encode()  # json.dumps writes NaN as NaN
+    err = expect_invalid(field, lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body})))
+    assert words in err.problem
+
+
+def test_jsonl_limits_hold_while_streaming(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"{SRC}/items.jsonl.gz"
+    body = gzip.compress(jsonl([{"vector": [1.0, 2.0]}] * 50))
+    monkeypatch.setattr(sources, "MAX_JSONL_BYTES", 200)
+    err = expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "expands beyond" in err.problem
+    monkeypatch.setattr(sources, "MAX_JSONL_BYTES", 1 << 30)
+    monkeypatch.setattr(sources, "MAX_JSONL_LINE_BYTES", 10)
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 4)
+    err = expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "longer than" in err.problem
+
+
+def test_gzip_with_trailing_garbage_is_refused() -> None:
+    uri = f"{SRC}/items.jsonl.gz"
+    body = gzip.compress(jsonl(ITEMS)) + b"garbage"
+    err = expect_invalid(
+        "source.jsonl", lambda: read_source({"jsonl": uri}, metric="l2", fetch=fetcher({uri: body}))
+    )
+    assert "gzip" in err.problem
+
+
+# -- StoreReader: ranged reads through an ObjectStore (in-process moto) ------------------------
+def put_source(store: ObjectStore, key: str, body: bytes) -> str:
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=body)
+    return f"s3://{store.bucket}/{key}"
+
+
+def test_store_reader_reads_npy_in_ranges(s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 40)
+    uri = put_source(s3_store, "src/v.npy", npy(WIDE.astype(np.float32)))
+    c = read_source({"vectors": uri}, metric="l2", reader=StoreReader(s3_store, window=3))
+    assert np.array_equal(c.vectors, WIDE.astype(np.float32))
+
+
+def test_store_reader_lists_a_prefix_in_key_order(s3_store: ObjectStore) -> None:
+    for name in ("b.npy", "a.npy", "a/z.npy", "c.txt"):
+        put_source(s3_store, f"src/p/{name}", b"x")
+    keys = StoreReader(s3_store).list_keys(S3Uri(s3_store.bucket, "src/p/"))
+    assert keys == ["src/p/a.npy", "src/p/a/z.npy", "src/p/b.npy", "src/p/c.txt"]
+
+
+def test_an_empty_source_object_is_refused_by_name(s3_store: ObjectStore) -> None:
+    uri = put_source(s3_store, "src/e.npy", b"")
+    assert s3_store.get_range(s3_store.bucket, "src/e.npy", 0, 10) == (b"", 0, "")  # S3 answers 416
+    err = expect_invalid(
+        "source.vectors",
+        lambda: read_source({"vectors": uri}, metric="l2", reader=StoreReader(s3_store)),
+        source_error=True,
+    )
+    assert "not a valid .npy" in err.problem
+
+
+def test_a_missing_source_object_read_in_ranges_is_named(s3_store: ObjectStore) -> None:
+    uri = f"s3://{s3_store.bucket}/src/absent.npy"
+    err = expect_invalid(
+        "source.vectors",
+        lambda: read_source({"vectors": uri}, metric="l2", reader=StoreReader(s3_store)),
+        source_error=True,
+    )
+    assert uri in err.problem
+
+
+def test_an_object_replaced_while_it_is_read_is_a_retryable_storage_error(
+    s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data ranges must come from the object whose header was read (If-Match its ETag)."""
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 48)
+    uri = put_source(s3_store, "src/v.npy", npy(WIDE.astype(np.float32)))
+
+    class Replacing(StoreReader):
+        def get_range(
+            self, uri: S3Uri, start: int, end: int, if_match: str | None = None
+        ) -> tuple[bytes, int, str]:
+            got = super().get_range(uri, start, end, if_match)
+            if start == 0:
+                put_source(self.store, uri.key, npy(WIDE.astype(np.float32) + 1))
+            return got
+
+    with pytest.raises(PreconditionFailed):
+        read_source({"vectors": uri}, metric="l2", reader=Replacing(s3_store))
