@@ -35,8 +35,6 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from . import catalog, layout
 from .errors import CollectionNotFound, Conflict, CorruptObject, InvalidRequest
 from .storage import NotFound, ObjectInfo, ObjectStore, PreconditionFailed
@@ -86,22 +84,7 @@ def collection_names(store: ObjectStore, *, page_size: int = 1000) -> list[str]:
     Only prefixes are listed (``Delimiter="/"``), never the objects inside them, so the cost is
     one request per ``page_size`` (S3's maximum: 1,000) collections however large they are.
     """
-    names: list[str] = []
-    try:
-        pages = store.client.get_paginator("list_objects_v2").paginate(
-            Bucket=store.bucket,
-            Prefix=store.prefix,
-            Delimiter="/",
-            PaginationConfig={"PageSize": page_size},
-        )
-        for page in pages:
-            for common in page.get("CommonPrefixes", []):
-                name = common["Prefix"][len(store.prefix) : -1]
-                if _valid(name):
-                    names.append(name)
-    except (ClientError, BotoCoreError) as exc:
-        store._fail(exc, store.prefix)
-    return sorted(names)
+    return sorted(name for name in store.list_prefixes(page_size=page_size) if _valid(name))
 
 
 def _valid(name: str) -> bool:

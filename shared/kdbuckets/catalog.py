@@ -23,8 +23,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from . import layout
 from .codec import fingerprint
 from .errors import CollectionNotFound, Conflict, CorruptObject
@@ -203,15 +201,7 @@ def delete_head(store: ObjectStore, collection: str, expected_etag: str) -> bool
     :class:`~kdbuckets.storage.PreconditionFailed` when HEAD changed — the caller words the
     conflict. A writer that read the old HEAD then fails its own CAS: it cannot resurrect it.
     """
-    key = store.prefix + layout.head_key(collection)
-    try:
-        store.client.delete_object(Bucket=store.bucket, Key=key, IfMatch=expected_etag)
-    except (ClientError, BotoCoreError) as exc:  # translated (and typed) by the store
-        try:
-            store._fail(exc, key)
-        except NotFound:
-            return False
-    return True
+    return store.delete_if_match(layout.head_key(collection), expected_etag)
 
 
 def _holds(store: ObjectStore, key: str, sha: str) -> bool:

@@ -340,6 +340,41 @@ class ObjectStore:
             raise _translate(exc, bucket, prefix) from exc
         return sorted(keys)  # S3 lists in UTF-8 binary order already; other stores may not
 
+    def list_prefixes(self, *, page_size: int = 1000) -> list[str]:
+        """Names of the "folders" directly under the store's prefix (``Delimiter="/"``).
+
+        Only prefixes are listed, never the objects inside them: one request per ``page_size``
+        folders however large each one is.
+        """
+        names: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=self.prefix,
+                Delimiter="/",
+                PaginationConfig={"PageSize": page_size},
+            )
+            for page in pages:
+                names.extend(c["Prefix"][len(self.prefix) : -1] for c in page.get("CommonPrefixes", []))
+        except _BOTO_ERRORS as exc:
+            self._fail(exc, self.prefix)
+        return names
+
+    def delete_if_match(self, key: str, etag: str) -> bool:
+        """Delete ``key`` iff it still has ``etag`` (S3 conditional delete); False if it is gone.
+
+        Raises :class:`PreconditionFailed` when the object changed since ``etag`` was read.
+        """
+        full = self.prefix + key
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full, IfMatch=etag)
+        except _BOTO_ERRORS as exc:
+            try:
+                self._fail(exc, full)
+            except NotFound:
+                return False
+        return True
+
     def delete_many(self, keys: Sequence[str]) -> int:
         """Delete objects (relative keys) in batches of 1,000; returns how many were deleted."""
         deleted = 0

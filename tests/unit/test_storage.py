@@ -131,6 +131,22 @@ def test_list_objects_follows_pages_and_keeps_to_the_prefix(s3_store: ObjectStor
     assert all(o.etag.startswith('"') for o in listed)
 
 
+def test_delete_if_match_deletes_only_the_version_read(s3_store: ObjectStore) -> None:
+    old = s3_store.put("c/HEAD", b"v1")
+    new = s3_store.put("c/HEAD", b"v2")
+    with pytest.raises(PreconditionFailed):
+        s3_store.delete_if_match("c/HEAD", old)
+    assert s3_store.get("c/HEAD")[0] == b"v2"
+    assert s3_store.delete_if_match("c/HEAD", new) is True
+    assert s3_store.delete_if_match("c/HEAD", new) is False  # already gone: not an error
+
+
+def test_list_prefixes_names_the_folders_under_the_store_prefix(s3_store: ObjectStore) -> None:
+    for key in ("a/HEAD", "a/buckets/x", "b/HEAD", "loose-object"):
+        s3_store.put(key, b"x")
+    assert sorted(s3_store.list_prefixes(page_size=1)) == ["a", "b"]
+
+
 def test_list_objects_of_an_empty_prefix_is_empty(s3_store: ObjectStore) -> None:
     assert s3_store.list_objects("nothing/") == []
 
