@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import recall_k
 from bench.datasets import Dataset, synthetic_clustered, wordnet
 from bench.s3sim import LatencyModel
 from bench.startup import disk_tier_effect, import_times, startup_markdown
@@ -486,15 +487,15 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
     parser.add_argument(
         "--only",
-        choices=["startup"],
+        choices=["startup", "recall_k"],
         help="measure one section and replace just that section of an existing REPORT.md",
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.only == "startup":
-        section = measure_startup(args)
-        replace_section(out / "REPORT.md", "startup", section)
+    if args.only is not None:
+        section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
+        replace_section(out / "REPORT.md", args.only, section)
         print(section)
         return
     datasets = [
@@ -540,6 +541,7 @@ def main() -> None:
     plots = plot(results, out)
     command = "make bench" + (" (--quick)" if args.quick else "")
     report(results, extras, plots, out, command, startup)
+    replace_section(out / "REPORT.md", "recall_k", recall_k.measure_section())
     print(f"wrote {out / 'REPORT.md'}")
 
 

@@ -199,17 +199,36 @@ def decode_manifest(body: bytes, *, key: str) -> Manifest:
 
 
 def _check_calibration(key: str, curve: object) -> None:
-    """The recall curve queries read: ``{"k": int, "sample": int, "recall": [0..1, ...]}``."""
+    """The recall curves queries read (``kdbuckets.calibration``).
+
+    ``{"k": int, "sample": int, "recall": [0..1, ...]}``, the one recall@k curve every
+    calibrated manifest has, optionally with ``"curves": [{"k": int, "recall": [...]}, ...]``
+    for other k (distinct, each ≥ 1). A manifest without ``curves`` (written before they
+    existed) stays valid.
+    """
     if curve is None:
         return
-    recall = curve.get("recall") if isinstance(curve, dict) else None
-    if (
-        not isinstance(curve, dict)
-        or not all(type(curve.get(name)) is int for name in ("k", "sample"))
-        or not isinstance(recall, list)
-        or not all(type(r) in (int, float) and 0.0 <= r <= 1.0 for r in recall)
-    ):
+    if not isinstance(curve, dict) or type(curve.get("sample")) is not int or not _is_curve(curve):
         raise CorruptObject(key, "calibration is not a recall curve")
+    more = curve.get("curves")
+    if more is None:
+        return
+    if not isinstance(more, list) or not all(isinstance(c, dict) and _is_curve(c) for c in more):
+        raise CorruptObject(key, "calibration curves are not recall curves")
+    ks = [curve["k"]] + [c["k"] for c in more]
+    if len(set(ks)) != len(ks):
+        raise CorruptObject(key, "calibration has two curves for the same k")
+
+
+def _is_curve(curve: dict) -> bool:
+    """``{"k": int ≥ 1, "recall": [numbers in 0..1]}`` (other keys are the caller's)."""
+    recall = curve.get("recall")
+    return (
+        type(curve.get("k")) is int
+        and curve["k"] >= 1
+        and isinstance(recall, list)
+        and all(type(r) in (int, float) and 0.0 <= r <= 1.0 for r in recall)
+    )
 
 
 def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> None:
@@ -235,6 +254,7 @@ def _check_consistency(key: str, dim: int, tree: Tree, table: BucketTable) -> No
         or np.any(tree.left >= n_nodes)
         or np.any(tree.right >= n_nodes)
         or sorted(tree.node_leaf[~internal].tolist()) != list(range(nb))
+        or np.any(tree.node_leaf[internal] != -1)  # a node is a split or a bucket, never both
     ):
         raise CorruptObject(key, "tree structure is inconsistent with its bucket table")
     for name, a in (("sizes", table.sizes), ("rows", table.rows)):

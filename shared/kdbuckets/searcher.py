@@ -193,7 +193,7 @@ class Searcher:
         """k nearest neighbours of each row of ``queries`` (nq, d).
 
         ``probes`` buckets are read per query; or, with ``recall_target``, as many as the
-        build-time calibration says reach that recall@10. With neither, the target is
+        build-time calibration says reach that recall@k for this ``k``. With neither, the target is
         :data:`DEFAULT_RECALL_TARGET` (or :data:`DEFAULT_PROBES` for an uncalibrated index).
         With ``filter``, only vectors whose metadata match count, and more buckets are read
         (up to ``max_probes``) until every query has k matches. Any query short of
@@ -334,7 +334,7 @@ class Searcher:
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
         scoring.check_result_count(len(q), k)
-        probes = min(self._resolve_probes(manifest, probes, recall_target, stats), manifest.n_buckets)
+        probes = min(self._resolve_probes(manifest, probes, recall_target, stats, k), manifest.n_buckets)
         table = manifest.buckets
         readable = max(1, int((table.rows > 0).sum()))
         if filter is not None:
@@ -384,8 +384,19 @@ class Searcher:
         return result
 
     def _resolve_probes(
-        self, manifest: Manifest, probes: int | None, recall_target: float | None, stats: QueryStats
+        self,
+        manifest: Manifest,
+        probes: int | None,
+        recall_target: float | None,
+        stats: QueryStats,
+        k: int = 10,
     ) -> int:
+        """Probes per query: as given, or the fewest the calibration says reach the target at ``k``.
+
+        Recall@k needs more buckets as k grows (the 1,000th neighbour lies further out than the
+        10th), so the curve for this k decides (``calibration.probes_for``); a manifest
+        calibrated only at k = 10 (built before per-k curves) answers every k from that curve.
+        """
         if probes is not None and recall_target is not None:
             raise InvalidRequest("probes", "cannot be combined with recall_target; give one of them")
         if probes is not None:
@@ -395,7 +406,7 @@ class Searcher:
         if recall_target is not None and not 0.0 < recall_target <= 1.0:
             raise InvalidRequest("recall_target", f"must be in (0, 1], got {recall_target}")
         target = DEFAULT_RECALL_TARGET if recall_target is None else recall_target
-        chosen = probes_for(manifest.extra.get("calibration"), target, manifest.n_buckets)
+        chosen = probes_for(manifest.extra.get("calibration"), target, manifest.n_buckets, k)
         if chosen is None:
             if recall_target is not None:
                 raise InvalidRequest(

@@ -163,6 +163,7 @@ def _assign(array: np.ndarray, index: int, value: int) -> np.ndarray:
         (_tree_array("right", lambda a: _assign(a, 0, -1)), "tree structure"),
         (_tree_array("left", lambda a: _assign(a, 0, 10_000)), "tree structure"),
         (_tree_array("node_leaf", lambda a: np.where(a == 0, 1, a)), "tree structure"),
+        (_tree_array("node_leaf", lambda a: _assign(a, 0, 2**31 - 1)), "tree structure"),  # split and leaf
         (_tree_array("planes", lambda a: a[:, :4]), "dimension"),
         (_tree_array("planes", lambda a: a.ravel()), "invalid shape"),
         (_bucket_array("rows", lambda a: a[:-1]), "bucket rows"),
