@@ -164,6 +164,17 @@ def prepare_vectors(vectors: np.ndarray, metric: str, *, in_place: bool = False)
     return out
 
 
+def head_to_replace(
+    store: ObjectStore, collection: str, replace: bool, expected_version: str | None
+) -> catalog.HeadState | None:
+    """The HEAD a build may replace (None: new collection); :class:`Conflict` otherwise.
+
+    Public so that a distributed build (:mod:`kdbuckets.distributed`) applies the same rule
+    when it plans as :func:`build_index` does.
+    """
+    return _head_to_replace(store, collection, replace, expected_version)
+
+
 def _head_to_replace(
     store: ObjectStore, collection: str, replace: bool, expected_version: str | None
 ) -> catalog.HeadState | None:

@@ -24,6 +24,7 @@ FUNCTIONS = {
     "BuildFunction": "functions/build",
     "QueryFunction": "functions/query",
     "WriteFunction": "functions/write",
+    "DistributedBuildFunction": "functions/distbuild",
 }
 READ_ONLY_S3_ACTIONS = {"s3:GetObject", "s3:ListBucket"}
 BUILD_S3_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
