@@ -67,6 +67,7 @@ def build_index(
     expected_version: str | None = None,
     expected_head: catalog.HeadState | None = None,
     in_place: bool = False,
+    prepared: bool = False,
 ) -> BuildResult:
     """Partition ``data``, upload its buckets and publish a new version of the collection.
 
@@ -79,13 +80,15 @@ def build_index(
     ``in_place=True`` hands ``data.vectors`` over to the build: they are prepared (cosine:
     normalised) in place instead of copied, so the caller must not use them afterwards. The
     build handler does this; a library caller that keeps its collection leaves it False.
+    ``prepared=True`` says the vectors are already in stored form (compaction re-reads
+    buckets): preparing them again would re-normalise rounded float16 values and move them.
     """
     layout.check_collection(collection_name)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if expected_head is None:
         expected_head = _head_to_replace(store, collection_name, replace, expected_version)
-    vectors = prepare_vectors(data.vectors, params.metric, in_place=in_place)
+    vectors = data.vectors if prepared else prepare_vectors(data.vectors, params.metric, in_place=in_place)
     check_prepared(vectors, params.dtype, "vectors")
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)

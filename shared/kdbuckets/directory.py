@@ -146,7 +146,7 @@ def decode_shard(
     if (
         primary.shape != (m,)
         or secondary.shape != (m,)
-        or np.any(np.diff(keys) <= 0)
+        or np.any(keys[1:] <= keys[:-1])  # strictly increasing (np.diff would wrap on int64)
         or np.any((primary < 0) | (primary >= n_buckets))
         or np.any((secondary < -1) | (secondary >= n_buckets))
     ):

@@ -78,6 +78,21 @@ def selection(
     return base, delta
 
 
+def selection64(
+    queries: np.ndarray, vectors: np.ndarray, metric: str, centre: np.ndarray | None = None
+) -> np.ndarray:
+    """The ``delta`` of :func:`selection` in float64, for the few queries float32 cannot order.
+
+    ``vectors`` are the bucket's rows minus ``centre`` as :func:`selection` received them.
+    """
+    v = vectors.astype(np.float64)
+    q = queries.astype(np.float64)
+    if metric == "l2":
+        shifted = q if centre is None else q - centre.astype(np.float64)
+        return np.einsum("ij,ij->i", v, v)[None, :] - 2.0 * (shifted @ v.T)
+    return -(q @ v.T)
+
+
 def exact_pairs(queries: np.ndarray, vectors: np.ndarray, metric: str, clamp: bool = True) -> np.ndarray:
     """Reported float64 distance of each query row to the vector row beside it.
 

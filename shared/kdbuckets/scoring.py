@@ -52,6 +52,10 @@ EXACT_BLOCK = 1 << 20
 #: Centre a bucket before scoring when its centre holds more than this share of its rows'
 #: squared norm: the float32 products would otherwise lose the digits that rank its rows.
 CENTRE_SHARE = 0.5
+#: Rounding bound of a float32 dot product of length d, per unit of d·|q|·|v| (2 × 2⁻²⁴: the
+#: products and the sums). A row whose float32 score is within this of the k-th best may
+#: belong in the top k: such a query's block is re-scored in float64 (rare on real data).
+F32_DOT_ERROR = 2.0**-23
 
 
 def plan_rounds(
@@ -271,6 +275,7 @@ def score_bucket(
         sq_norms = sq if subset is None else sq[subset]
     n = vectors.shape[0]
     kk = min(top.k, n)
+    radius = float(np.sqrt(np.max(sq_norms, initial=0.0, where=np.isfinite(sq_norms))))
     keys = bucket.keys
     step = max(1, BLOCK_SCORES // n)
     for start in range(0, rows.size, step):
@@ -278,12 +283,19 @@ def score_bucket(
         base, delta = distances.selection(queries[block], vectors, metric, centre, sq_norms)
         if kk < n:
             picked = np.argpartition(delta, kk - 1, axis=1)[:, :kk]
-            chosen = np.take_along_axis(delta, picked, axis=1)
+            chosen = np.take_along_axis(delta, picked, axis=1).astype(np.float64)
+            unsure = _ambiguous(delta, chosen, queries[block], base, radius, metric, centre is not None)
+            if unsure.any():  # float32 cannot order these rows: decide them in float64
+                exact = distances.selection64(queries[block[unsure]], vectors, metric, centre)
+                fix = np.argpartition(exact, kk - 1, axis=1)[:, :kk]
+                picked = picked.copy()
+                picked[unsure] = fix
+                chosen[unsure] = np.take_along_axis(exact, fix, axis=1)
         else:
             picked = np.broadcast_to(np.arange(n), delta.shape)
-            chosen = delta
+            chosen = delta.astype(np.float64)
         del delta
-        score = base[:, None] + chosen.astype(np.float64)
+        score = base[:, None] + chosen
         row = picked if subset is None else subset[picked]
         shape = score.shape
         top.merge(
@@ -295,3 +307,30 @@ def score_bucket(
             has_key=np.broadcast_to(keys is not None, shape),
             valid=np.broadcast_to(True, shape),
         )
+
+
+def _ambiguous(
+    delta: np.ndarray,
+    chosen: np.ndarray,
+    queries: np.ndarray,
+    base: np.ndarray,
+    radius: float,
+    metric: str,
+    centred: bool,
+) -> np.ndarray:
+    """Queries whose k-th best float32 score is within rounding error of a row left out.
+
+    The error of a float32 score is bounded by d·2⁻²³·|q'|·|v'| (and ‖v'‖² for l2), with q', v'
+    the query and rows relative to the centre; rows scoring within twice that of the k-th best
+    cannot be ordered in float32, so an exact search must decide them in float64.
+    """
+    d = queries.shape[1]
+    if metric == "l2":
+        q_norm = np.sqrt(np.maximum(base, 0.0))
+        error = F32_DOT_ERROR * d * (2.0 * q_norm * radius + radius * radius)
+    else:
+        q_norm = np.linalg.norm(queries.astype(np.float64), axis=1)
+        error = F32_DOT_ERROR * d * q_norm * radius
+    kth = chosen.max(axis=1)
+    near = np.count_nonzero(delta <= (kth + 2.0 * error)[:, None], axis=1)
+    return near > chosen.shape[1]

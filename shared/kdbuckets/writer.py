@@ -516,5 +516,5 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
         data,
         params,
         expected_head=catalog.HeadState(snap.head, snap.etag),
-        in_place=True,  # data is a fresh concatenation of the buckets
+        prepared=True,  # the buckets' vectors, already normalised and rounded as stored
     )
