@@ -406,8 +406,21 @@ class ObjectStore:
         return [body for body, _ in self._executor().map(self.get, keys)]
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> list[bool]:
-        """Write immutable objects concurrently; per item, whether it was new."""
-        return list(self._executor().map(lambda kv: self.put_immutable(*kv), list(items)))
+        """Write immutable objects concurrently; per item, whether it was new.
+
+        A key listed twice (several emptied buckets share one content address) is PUT once:
+        concurrent conditional PUTs of one key race each other (S3 answers the loser 409 while
+        the winner is in flight). Only the key's first item reports True if it was new.
+        """
+        items = list(items)
+        first: dict[str, int] = {}
+        for i, (key, _) in enumerate(items):
+            first.setdefault(key, i)
+        unique = [items[i] for i in first.values()]
+        created = dict(
+            zip(first, self._executor().map(lambda kv: self.put_immutable(*kv), unique), strict=True)
+        )
+        return [created[key] and first[key] == i for i, (key, _) in enumerate(items)]
 
 
 def _status(exc: Exception) -> int | None:

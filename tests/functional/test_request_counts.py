@@ -197,7 +197,11 @@ def test_build_writes_buckets_then_manifest_then_head_conditionally(
     assert puts[-1][2].get("If-None-Match") == "*"  # a new collection: HEAD must not exist yet
     assert "If-Match" not in puts[-1][2]
     assert wire.count("GET", "HEAD") == 1
-    assert wire.count("GET", "other") == 3  # vectors.npy, ids.npy, labels.npy
+    # vectors.npy, ids.npy, labels.npy: ranged GETs (the .npy header first, then the rows in
+    # chunks of at most 16 MB), each object read once from start to end
+    sources = [path for method, kind, path, _ in wire.requests if method == "GET" and kind == "other"]
+    assert {p.rsplit("/", 1)[1] for p in sources} == {"vectors.npy", "ids.npy", "labels.npy"}
+    assert len(sources) <= 3 + 3  # one header read each at most, plus the sample's one data chunk each
     wire.clear()
 
     second = build_handler.lambda_handler({**event, "replace": True}, lambda_context)
