@@ -59,16 +59,28 @@ def calibrate(
     queries = vectors[sample]
     truth = exact_neighbours(queries, vectors, sample, metric, ks[-1])  # (s, k_max), nearest first
     scores = bucket_scores(queries, part.centroids, part.tree, metric, ranking)
-    positions = bucket_positions(scores)  # (s, nb)
-    rows = np.arange(len(sample))[:, None]
-    first = positions[rows, part.primary[truth]]
-    second = part.secondary[truth]
-    has_second = second >= 0
-    first = np.where(has_second, np.minimum(first, positions[rows, np.maximum(second, 0)]), first)
+    return curves_from_ranks(bucket_positions(scores), part.primary[truth], part.secondary[truth], ks)
+
+
+def curves_from_ranks(
+    positions: np.ndarray, truth_primary: np.ndarray, truth_secondary: np.ndarray, ks: list[int]
+) -> dict[str, Any]:
+    """The stored calibration: recall@k by probes for each k in ``ks`` (ascending).
+
+    positions : (s, nb) rank of every bucket for each sample query (0 = read first).
+    truth_primary, truth_secondary : (s, max(ks)) bucket(s) of each query's true neighbours,
+        nearest first (secondary -1 where a neighbour is stored once).
+    The single-function and the distributed builds both store exactly this shape.
+    """
+    nb = positions.shape[1]
+    rows = np.arange(len(positions))[:, None]
+    first = positions[rows, truth_primary]
+    has_second = truth_secondary >= 0
+    first = np.where(has_second, np.minimum(first, positions[rows, np.maximum(truth_secondary, 0)]), first)
     # recall@k(p) = share of the k true neighbours whose (nearer) bucket ranks < p
     curves = {k: _curve(first[:, :k], nb) for k in ks}
     top = min(ks, key=lambda k: (abs(k - K), k))  # K itself unless the collection is tiny
-    out: dict[str, Any] = {"k": top, "sample": len(sample), "recall": curves[top]}
+    out: dict[str, Any] = {"k": top, "sample": len(positions), "recall": curves[top]}
     others = [{"k": k, "recall": curves[k]} for k in ks if k != top]
     if others:
         out["curves"] = others

@@ -43,7 +43,7 @@ import numpy as np
 from . import catalog, codec, distances, layout
 from .bucket import dedup_keys
 from .builder import head_to_replace, upload_buckets
-from .calibration import KS, SAMPLE
+from .calibration import KS, SAMPLE, curves_from_ranks
 from .calibration import K as CAL_K
 from .collection import MAX_DIM, Collection
 from .directory import build_shards, encode_shard, shard_count
@@ -947,25 +947,7 @@ def _calibration(
     truth_primary = np.take_along_axis(prim, order, axis=1)
     truth_secondary = np.take_along_axis(sec, order, axis=1)
     scores = bucket_scores(queries, merged.table.centroids, merged.tree, params.metric, params.ranking)
-    positions = bucket_positions(scores)
-    q = np.arange(len(queries))[:, None]
-    first = positions[q, truth_primary]
-    has_second = truth_secondary >= 0
-    first = np.where(has_second, np.minimum(first, positions[q, np.maximum(truth_secondary, 0)]), first)
-    curves = {k: _curve(first[:, :k], nb) for k in ks}
-    top = min(ks, key=lambda k: (abs(k - CAL_K), k))
-    out: dict[str, Any] = {"k": top, "sample": len(queries), "recall": curves[top]}
-    others = [{"k": k, "recall": curves[k]} for k in ks if k != top]
-    if others:
-        out["curves"] = others
-    return out
-
-
-def _curve(first: np.ndarray, nb: int) -> list[float]:
-    """Cumulative share of bucket positions below 1, 2, … (the shape calibration.calibrate stores)."""
-    reached = np.round(np.bincount(first.ravel(), minlength=nb).cumsum() / first.size, 4)
-    last = int(np.searchsorted(reached, 1.0)) + 1
-    return reached[:last].tolist()
+    return curves_from_ranks(bucket_positions(scores), truth_primary, truth_secondary, ks)
 
 
 # -- the Catch path ------------------------------------------------------------------------------

@@ -199,21 +199,33 @@ class ObjectStore:
         botocore retries a request that fails before its body arrives; a body cut off while
         streaming (connection reset, short read) is retried here, with backoff, as a new GET.
         """
+        try:
+            body, resp = self._get_object({"Bucket": bucket, "Key": key})
+        except _BOTO_ERRORS as exc:
+            raise _translate(exc, bucket, key) from exc
+        return body, resp["ETag"]
+
+    def _get_object(self, kwargs: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        """GetObject and its body, re-requested with backoff when the body is cut off.
+
+        botocore retries a request that fails before its body arrives; a body that breaks
+        while streaming (connection reset, short read) is retried here as a new GET. botocore's
+        own errors propagate for the caller to translate.
+        """
         for attempt in range(1, BODY_ATTEMPTS + 1):
             try:
-                resp = self.client.get_object(Bucket=bucket, Key=key)
-                return resp["Body"].read(), resp["ETag"]
+                resp = self.client.get_object(**kwargs)
+                return resp["Body"].read(), resp
             except _STREAM_ERRORS as exc:
                 if attempt == BODY_ATTEMPTS:
-                    where = f"s3://{bucket}/{key}"
+                    bucket, key = kwargs["Bucket"], kwargs["Key"]
                     raise StorageError(
-                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})",
+                        f"s3://{bucket}/{key} was cut off {attempt} times while streaming "
+                        f"({type(exc).__name__})",
                         bucket=bucket,
                         key=key,
                     ) from exc
                 time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-            except _BOTO_ERRORS as exc:
-                raise _translate(exc, bucket, key) from exc
         raise AssertionError("unreachable")
 
     def get_range(
@@ -232,28 +244,16 @@ class ObjectStore:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if if_match is not None:
             kwargs["IfMatch"] = if_match
-        for attempt in range(1, BODY_ATTEMPTS + 1):
-            try:
-                resp = self.client.get_object(**kwargs)
-                body = resp["Body"].read()
-                total = resp.get("ContentRange", "").rpartition("/")[2]
-                return body, int(total) if total.isdigit() else start + len(body), resp["ETag"]
-            except _STREAM_ERRORS as exc:
-                if attempt == BODY_ATTEMPTS:
-                    where = f"s3://{bucket}/{key}"
-                    raise StorageError(
-                        f"{where} was cut off {attempt} times while streaming ({type(exc).__name__})",
-                        bucket=bucket,
-                        key=key,
-                    ) from exc
-                time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-            except _BOTO_ERRORS as exc:
-                if _status(exc) == 416:
-                    size = str(getattr(exc, "response", {}).get("Error", {}).get("ActualObjectSize", ""))
-                    if size.isdigit() and start >= int(size):
-                        return b"", int(size), ""
-                raise _translate(exc, bucket, key) from exc
-        raise AssertionError("unreachable")
+        try:
+            body, resp = self._get_object(kwargs)
+        except _BOTO_ERRORS as exc:
+            if _status(exc) == 416:
+                size = str(getattr(exc, "response", {}).get("Error", {}).get("ActualObjectSize", ""))
+                if size.isdigit() and start >= int(size):
+                    return b"", int(size), ""
+            raise _translate(exc, bucket, key) from exc
+        total = resp.get("ContentRange", "").rpartition("/")[2]
+        return body, int(total) if total.isdigit() else start + len(body), resp["ETag"]
 
     def get_if_changed(self, key: str, etag: str) -> tuple[bytes, str] | None:
         """Conditional GET: None when the object still has ``etag`` (HTTP 304)."""
