@@ -17,7 +17,7 @@ FN ?= query
 EVENT ?= events/query_basic.json
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format invoke package bench tools-venv validate build deploy clean
+.PHONY: help venv demo demo-large test test-slow lint format invoke package bench tools-venv validate build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ $(VENV_STAMP): requirements-dev.txt requirements-invoke.txt shared/requirements.
 
 demo: $(VENV_STAMP) ## build an index and query it on an embedded moto S3; prints neighbours, predictions, recall
 	$(PY) -m devtools.demo
+
+demo-large: $(VENV_STAMP) ## distributed build of 2M × 128 vectors (16 shards) through the state machine on moto; recall, GET rounds, bytes, time, peak memory (~10 min; DEMO_LARGE_ARGS="--n 100000")
+	$(PY) -m devtools.demo_large $(DEMO_LARGE_ARGS)
 
 test: $(VENV_STAMP) ## run the test suite (unit + functional, moto in-process and over HTTP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
