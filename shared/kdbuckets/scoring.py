@@ -294,9 +294,11 @@ def score_bucket(
         else:
             picked = np.broadcast_to(np.arange(n), delta.shape)
             chosen = delta.astype(np.float64)
-        del delta
-        score = base[:, None] + chosen
+        del delta, base, chosen
         row = picked if subset is None else subset[picked]
+        # Candidates of different buckets are compared by their float64 distance: two
+        # buckets' float32 scores carry different rounding, which may exceed a small gap.
+        score = _exact_scores(queries[block], bucket.vectors, row, metric)
         shape = score.shape
         top.merge(
             block,
@@ -334,3 +336,19 @@ def _ambiguous(
     kth = chosen.max(axis=1)
     near = np.count_nonzero(delta <= (kth + 2.0 * error)[:, None], axis=1)
     return near > chosen.shape[1]
+
+
+#: Elements of the float64 (queries × candidates × d) block used to score the candidates.
+PAIR_BUDGET = 1 << 22
+
+
+def _exact_scores(queries: np.ndarray, vectors: np.ndarray, row: np.ndarray, metric: str) -> np.ndarray:
+    """float64 distance (unclamped for cosine) of each query to each of its candidate rows."""
+    out = np.empty(row.shape, np.float64)
+    per = max(1, PAIR_BUDGET // max(1, row.shape[1] * queries.shape[1]))
+    for start in range(0, len(queries), per):
+        stop = start + per
+        out[start:stop] = distances.exact_pairs(
+            queries[start:stop, None, :], vectors[row[start:stop]], metric, clamp=False
+        )
+    return out
