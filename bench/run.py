@@ -487,14 +487,19 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
     parser.add_argument(
         "--only",
-        choices=["startup", "recall_k"],
+        choices=["startup", "recall_k", "distributed"],
         help="measure one section and replace just that section of an existing REPORT.md",
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
-        section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
+        if args.only == "distributed":
+            from bench import distributed
+
+            section = distributed.measure_section()
+        else:
+            section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
         replace_section(out / "REPORT.md", args.only, section)
         print(section)
         return
