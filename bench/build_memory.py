@@ -41,14 +41,9 @@ HEADROOM = 0.9
 # Runs one build through kdbuckets.service.build and reports the process's own peak memory.
 CHILD = textwrap.dedent(
     """
-    import json, os, resource, sys, time
+    import json, os, sys, time
 
-    def peak_kb():
-        try:
-            with open("/proc/self/status") as status:
-                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-        except OSError:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from devtools.peak_memory import peak_kb
 
     from kdbuckets import service
     from kdbuckets.storage import ObjectStore

@@ -94,15 +94,10 @@ def say(line: str) -> None:
 #: interpreter; reports its peak memory, durations and every S3 request it made.
 CHILD = textwrap.dedent(
     """
-    import json, os, resource, sys, time
+    import json, os, sys, time
     started = time.perf_counter()
 
-    def kb(field):
-        try:
-            with open("/proc/self/status") as status:
-                return next(int(l.split()[1]) for l in status if l.startswith(field + ":"))
-        except OSError:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from devtools.peak_memory import peak_kb
 
     import boto3.session
     requests, received = {}, {}
@@ -145,13 +140,13 @@ CHILD = textwrap.dedent(
     if mode == "task":
         from devtools.sfn_local import FakeContext, load_handler
         handler = load_handler()
-        imported_s, baseline = time.perf_counter() - started, kb("VmHWM")
+        imported_s, baseline = time.perf_counter() - started, peak_kb()
         t0 = time.perf_counter()
         response = handler(event, FakeContext())
     else:
         from kdbuckets import service
         from kdbuckets.storage import ObjectStore
-        imported_s, baseline = time.perf_counter() - started, kb("VmHWM")
+        imported_s, baseline = time.perf_counter() - started, peak_kb()
         t0 = time.perf_counter()
         response = service.build(event, ObjectStore(os.environ["INDEX_BUCKET"]))
     doc = {
@@ -159,7 +154,7 @@ CHILD = textwrap.dedent(
         "imported_s": imported_s,
         "handler_s": time.perf_counter() - t0,
         "baseline_kb": baseline,
-        "peak_kb": kb("VmHWM"),
+        "peak_kb": peak_kb(),
         "requests": requests,
         "received": received,
     }

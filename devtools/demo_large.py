@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import numpy as np
 
 from devtools import local, sfn_local
 from devtools.demo import section, size
+from devtools.peak_memory import peak_kb
 
 REPO = local.REPO
 SOURCE_BUCKET = "kdbuckets-large-source"
@@ -225,27 +225,20 @@ def rss_kb(pid: int) -> int:
 
 
 # --------------------------------------------------------------------------- tasks
-def _peak_kb() -> int:
-    """This process's peak resident set size (VmHWM, kB)."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def task_main(event_path: Path, result_path: Path) -> int:
     """Child mode: one Lambda task through the real handler; result, error and peak memory to a file."""
     handler = sfn_local.load_handler()
     event = json.loads(event_path.read_text())
-    baseline = _peak_kb()  # interpreter + numpy, boto3, pydantic, Powertools, kdbuckets imported
+    baseline = peak_kb()  # interpreter + numpy, boto3, pydantic, Powertools, kdbuckets imported
     started = time.perf_counter()
     doc: dict[str, Any]
     try:
         doc = {"ok": True, "result": handler(event, sfn_local.FakeContext())}
     except Exception as exc:  # reported as the Lambda runtime would: its class name and message
         doc = {"ok": False, "errorType": type(exc).__name__, "errorMessage": str(exc)}
-    doc |= {"seconds": time.perf_counter() - started, "baseline_kb": baseline, "peak_kb": _peak_kb()}
+    doc |= {"seconds": time.perf_counter() - started, "baseline_kb": baseline, "peak_kb": peak_kb()}
     result_path.write_text(json.dumps(doc, default=str))
     return 0
 

@@ -47,14 +47,9 @@ pytestmark = [
 # does not inherit the high-water mark of the (large) pytest process that spawned it.
 BUILD_ONCE = textwrap.dedent(
     """
-    import importlib.util, json, resource, sys, time
+    import importlib.util, json, sys, time
 
-    def peak_kb():
-        try:
-            with open("/proc/self/status") as status:
-                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-        except OSError:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from devtools.peak_memory import peak_kb
 
     spec = importlib.util.spec_from_file_location("kdbuckets_build_app", sys.argv[1])
     app = importlib.util.module_from_spec(spec)
