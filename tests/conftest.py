@@ -437,3 +437,22 @@ def serial_moto_server(
     _create_buckets(client)
     yield MotoServer(_serial_moto_server_url, client)
     storage.reset_clients()
+
+
+def read_manifest(source: Any, key: str, bucket: str = INDEX_BUCKET) -> Any:
+    """The whole manifest stored at ``key`` (root, parts and tree), read and verified by the catalog.
+
+    ``source`` is an :class:`ObjectStore` or a boto3 S3 client; ``key`` the full object key
+    (``{prefix}{collection}/manifests/{version}``, as build responses name it).
+    """
+    from kdbuckets import catalog
+
+    head, kind, version = key.rsplit("/", 2)
+    assert kind == "manifests", key
+    collection = head.rsplit("/", 1)[-1]
+    if isinstance(source, ObjectStore):
+        prefix = head[: len(head) - len(collection)][len(source.prefix) :]
+        store = ObjectStore(source.bucket, source.prefix + prefix, client=source.client)
+    else:
+        store = ObjectStore(bucket, head[: len(head) - len(collection)], client=source)
+    return catalog.load_manifest(store, collection, version)[0]

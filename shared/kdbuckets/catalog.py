@@ -9,7 +9,10 @@ everywhere or nowhere:
   original collection is refused, never followed);
 - a manifest is used only if it decodes, names its own collection and version, and — when
   reached through ``HEAD`` — its SHA-256 equals the one ``HEAD`` records;
-- publishing writes the manifest (``If-None-Match: *``) and then swaps ``HEAD`` by
+- a hierarchical manifest is a root naming its parts and tree by SHA-256; each is verified
+  against that name when read, so the root's hash covers the whole version;
+- publishing writes the parts and tree the manifest needs (content-addressed, so unchanged
+  ones are skipped), then the root (``If-None-Match: *``), and then swaps ``HEAD`` by
   compare-and-swap on the ETag read before the work started. A PUT whose response was lost
   and whose botocore retry then got 412 is recognised as our own success (the manifest's
   bytes, or ``HEAD`` naming our version), never reported as a conflict.
@@ -26,7 +29,19 @@ from datetime import UTC, datetime
 from . import layout
 from .codec import fingerprint
 from .errors import CollectionNotFound, Conflict, CorruptObject
-from .manifest import Head, Manifest, decode_head, decode_manifest, encode_head, encode_manifest
+from .manifest import (
+    Head,
+    Manifest,
+    Part,
+    Root,
+    assemble,
+    decode_head,
+    decode_part,
+    decode_stored,
+    decode_tree,
+    encode_head,
+    encode_hierarchy,
+)
 from .storage import NotFound, ObjectStore, PreconditionFailed
 
 
@@ -104,11 +119,52 @@ def require_head(store: ObjectStore, collection: str) -> HeadState:
 def load_manifest(
     store: ObjectStore, collection: str, version: str, *, expected_sha256: str | None = None
 ) -> tuple[Manifest, int]:
-    """Read, verify and decode ``version``'s manifest; returns it with its size in bytes.
+    """Read, verify and decode ``version``'s whole manifest; returns it with its size in bytes.
 
     With ``expected_sha256`` (the manifest was reached through HEAD) it must exist and match;
-    without it (a pinned version) a missing manifest is :class:`CollectionNotFound`.
+    without it (a pinned version) a missing manifest is :class:`CollectionNotFound`. A
+    hierarchical manifest is read in two rounds: the root, then every part and the tree in
+    parallel. The size counts them all.
     """
+    stored, size = load_root(store, collection, version, expected_sha256=expected_sha256)
+    manifest, more = expand(store, stored)
+    return manifest, size + more
+
+
+def expand(store: ObjectStore, stored: Manifest | Root) -> tuple[Manifest, int]:
+    """The whole manifest of a root (its parts and tree in one parallel round), and their bytes.
+
+    A flat manifest is whole already. The result's ``stored`` names the part and tree objects
+    read, i.e. every manifest object the version references besides its root.
+    """
+    if isinstance(stored, Manifest):
+        return stored, 0
+    root = stored
+    refs = [*root.parts.fingerprints, root.tree_ref]
+    bodies = _get_objects(store, root.collection, refs)
+    parts = [
+        decode_part(body, key=layout.part_key(root.collection, fp), root=root)
+        for fp, body in zip(root.parts.fingerprints, bodies, strict=False)
+    ]
+    tree = decode_tree(bodies[-1], key=layout.part_key(root.collection, root.tree_ref), dim=root.dim)
+    key = layout.manifest_key(root.collection, root.version)
+    manifest = assemble(root, parts, tree, key=key, stored=frozenset(refs))
+    return manifest, sum(len(b) for b in bodies)
+
+
+def object_keys(manifest: Manifest) -> list[str]:
+    """Every object a loaded version needs besides its root: parts and tree, buckets, id shards."""
+    c = manifest.collection
+    keys = [layout.part_key(c, fp) for fp in sorted(manifest.stored)]
+    keys += [layout.bucket_key(c, fp) for fp in manifest.buckets.fingerprints]
+    keys += [layout.id_shard_key(c, fp) for fp in manifest.id_shards]
+    return keys
+
+
+def load_root(
+    store: ObjectStore, collection: str, version: str, *, expected_sha256: str | None = None
+) -> tuple[Manifest | Root, int]:
+    """What a query reads first: a hierarchical manifest's root (or a flat manifest whole)."""
     key = layout.manifest_key(collection, layout.check_version(version))
     try:
         body, _ = store.get(key)
@@ -119,13 +175,36 @@ def load_manifest(
     return verify_manifest(collection, version, key, body, expected_sha256=expected_sha256), len(body)
 
 
+def load_parts(store: ObjectStore, root: Root, which: list[int]) -> list[tuple[Part, int]]:
+    """Parts ``which`` of ``root`` (one parallel round), each verified against its fingerprint."""
+    refs = [root.parts.fingerprints[i] for i in which]
+    bodies = _get_objects(store, root.collection, refs)
+    return [
+        (decode_part(body, key=layout.part_key(root.collection, fp), root=root), len(body))
+        for fp, body in zip(refs, bodies, strict=True)
+    ]
+
+
+def _get_objects(store: ObjectStore, collection: str, refs: list[str]) -> list[bytes]:
+    """Content-addressed manifest objects, fetched in parallel and checked against their names."""
+    keys = [layout.part_key(collection, fp) for fp in refs]
+    try:
+        bodies = store.get_many(keys)
+    except NotFound as exc:
+        raise CorruptObject(exc.uri or "", "manifest part named by the root is missing") from None
+    for key, fp, body in zip(keys, refs, bodies, strict=True):
+        if fingerprint(body) != fp:
+            raise CorruptObject(key, "SHA-256 differs from the one the manifest names")
+    return bodies
+
+
 def verify_manifest(
     collection: str, version: str, key: str, body: bytes, *, expected_sha256: str | None = None
-) -> Manifest:
+) -> Manifest | Root:
     """Decode manifest bytes and check they are ``collection``'s ``version`` (and HEAD's hash)."""
     if expected_sha256 is not None and fingerprint(body) != expected_sha256:
         raise CorruptObject(key, "SHA-256 differs from the one HEAD names")
-    manifest = decode_manifest(body, key=key)
+    manifest = decode_stored(body, key=key)
     if manifest.collection != collection or manifest.version != version:
         raise CorruptObject(
             key,
@@ -149,8 +228,18 @@ def publish(store: ObjectStore, manifest: Manifest, expected_etag: str | None) -
     ``expected_etag`` None means "the collection must not exist yet". Raises
     :class:`Conflict` when another writer published in between; our objects then stay
     unreferenced (garbage for a later sweep), never visible. Returns the manifest's key.
+    Parts and the tree go first (those ``manifest.stored`` says exist are skipped: a write
+    re-PUTs only the parts it changed), then the root, then HEAD.
     """
-    body = encode_manifest(manifest)
+    encoded = encode_hierarchy(manifest)
+    store.put_many(
+        [
+            (layout.part_key(manifest.collection, fp), body)
+            for fp, body in encoded.objects.items()
+            if fp not in manifest.stored
+        ]
+    )
+    body = encoded.root
     mkey = layout.manifest_key(manifest.collection, manifest.version)
     sha = fingerprint(body)
     try:

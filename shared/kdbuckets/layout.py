@@ -3,6 +3,8 @@
 {prefix}{collection}/HEAD                  pointer to the live manifest (mutable)
 {prefix}{collection}/manifests/{version}   one manifest per version (immutable)
 {prefix}{collection}/buckets/{sha256}      content-addressed buckets (immutable)
+{prefix}{collection}/parts/{sha256}        manifest parts and trees (immutable; manifest.py)
+{prefix}{collection}/ids/{sha256}          id-directory shards (immutable; directory.py)
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def manifest_key(collection: str, version: str) -> str:
 
 def bucket_key(collection: str, fingerprint: str) -> str:
     return f"{check_collection(collection)}/buckets/{fingerprint}"
+
+
+def part_key(collection: str, fingerprint: str) -> str:
+    return f"{check_collection(collection)}/parts/{fingerprint}"
 
 
 def id_shard_key(collection: str, fingerprint: str) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .manifest import stored_centroids
 from .projection import fit_pca, project
 from .refine import lloyd, spill
 from .tree import Tree, build_tree, with_basis
@@ -60,4 +61,6 @@ def partition(vectors: np.ndarray, params: BuildParams) -> Partition:
     order = np.argsort(owner, kind="stable")  # primaries (lower positions) stay first
     bounds = np.searchsorted(owner[order], np.arange(n_leaves + 1))
     leaf_rows = [rows[order[bounds[i] : bounds[i + 1]]] for i in range(n_leaves)]
+    # queries rank by the centroids as the manifest stores them: calibrate with exactly those
+    centroids = stored_centroids(centroids, params.dtype)
     return Partition(with_basis(tree, basis), leaf_rows, centroids, primary, secondary)

@@ -22,11 +22,10 @@ from .calibration import probes_for
 from .collection import check_vectors
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest, KdBucketsError
 from .filters import Filter
-from .manifest import Head, Manifest
-from .ranking import RANKINGS, bucket_scores, top_buckets
+from .manifest import Head, Manifest, Part, Root
 from .storage import NotFound, ObjectStore
+from .views import RoutedView, View, in_memory, view_of
 
-DEFAULT_RANKING = "centroid"
 #: "strong": every query revalidates HEAD (read-your-writes); "eventual": HEAD is trusted for
 #: ``head_ttl`` seconds (the staleness bound).
 CONSISTENCIES = ("strong", "eventual")
@@ -37,6 +36,8 @@ MAX_K = 1000
 #: Upper bound on buckets a filtered query reads while looking for k matches.
 MAX_FILTER_PROBES = 1024
 _MANIFESTS_KEPT = 8
+#: Decoded manifest parts kept across requests (content-addressed: shared by versions).
+PART_CACHE_BYTES = 64 << 20
 
 
 @dataclass
@@ -47,6 +48,10 @@ class QueryStats:
     bytes_fetched: int = 0
     cache_hits: int = 0
     manifest_fetched: bool = False
+    #: manifest parts read from S3 by this request (cached parts not counted), and the bytes
+    #: of manifest objects (root and parts) it read
+    parts_fetched: int = 0
+    manifest_bytes: int = 0
     s3_gets: int = 0
     probes: int = 0
     recall_target: float | None = None
@@ -139,7 +144,9 @@ class Searcher:
         self.head_ttl = head_ttl
         self.buckets: ByteBudgetLRU[Bucket] = ByteBudgetLRU(cache_bytes)
         self.disk = DiskTier(disk_dir, disk_bytes) if disk_dir else None
-        self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._manifests: dict[tuple[str, str], Manifest | Root] = {}
+        self._whole: dict[tuple[str, str], Manifest] = {}
+        self.parts: ByteBudgetLRU[Part] = ByteBudgetLRU(PART_CACHE_BYTES)
         self._heads: dict[str, _HeadState] = {}
         self._lock = threading.Lock()
 
@@ -152,12 +159,18 @@ class Searcher:
         *,
         ttl: float | None = None,
     ) -> Manifest:
-        """The manifest of the live (or pinned) version, from cache when possible.
+        """The whole manifest of the live (or pinned) version (every part), from cache when possible."""
+        stored = self._stored(collection, version, stats or QueryStats(), ttl=ttl)
+        return self._expand(stored)
+
+    def _stored(
+        self, collection: str, version: str | None, stats: QueryStats, *, ttl: float | None = None
+    ) -> Manifest | Root:
+        """What a query reads first of the live (or pinned) version: its root (or flat manifest).
 
         Reading and verifying is the catalog's job; this adds the container-wide caches.
         """
         layout.check_collection(collection)
-        stats = stats or QueryStats()
         expected_sha = None
         if version is None:
             head = self._head(collection, stats, self.head_ttl if ttl is None else ttl)
@@ -168,13 +181,53 @@ class Searcher:
         if cached is not None:
             return cached
         stats.s3_gets += 1
-        manifest, _ = catalog.load_manifest(self.store, collection, version, expected_sha256=expected_sha)
+        stored, size = catalog.load_root(self.store, collection, version, expected_sha256=expected_sha)
         stats.manifest_fetched = True
+        stats.manifest_bytes += size
         with self._lock:
             if len(self._manifests) >= _MANIFESTS_KEPT:
                 self._manifests.pop(next(iter(self._manifests)))
-            self._manifests[(collection, version)] = manifest
-        return manifest
+            self._manifests[(collection, version)] = stored
+        return stored
+
+    def _expand(self, stored: Manifest | Root) -> Manifest:
+        """The whole manifest of a root (parts and tree; kept while its root is)."""
+        if isinstance(stored, Manifest):
+            return stored
+        key = (stored.collection, stored.version)
+        whole = self._whole.get(key)
+        if whole is None:
+            whole, _ = catalog.expand(self.store, stored)
+            with self._lock:
+                self._whole = {k: v for k, v in self._whole.items() if k in self._manifests}
+                self._whole[key] = whole
+        return whole
+
+    def _view(self, stored: Manifest | Root, ranking: str | None, stats: QueryStats) -> View:
+        def load(which: list[int]) -> list[Part]:
+            return self._load_parts(stored, which, stats)
+
+        return view_of(stored, ranking, load, lambda: self._expand(stored))
+
+    def _load_parts(self, root: Root, which: list[int], stats: QueryStats) -> list[Part]:
+        """Parts ``which`` of ``root``: from the cache, the rest in one parallel round of GETs."""
+        out: dict[int, Part] = {}
+        missing: list[int] = []
+        for p in which:
+            hit = self.parts.get(root.parts.fingerprints[p])
+            if hit is None:
+                missing.append(p)
+            else:
+                out[p] = hit
+        if missing:
+            for p, (part, size) in zip(missing, catalog.load_parts(self.store, root, missing), strict=True):
+                nbytes = part.ids.nbytes + part.buckets.centroids.nbytes + 96 * len(part.ids)
+                self.parts.put(root.parts.fingerprints[p], part, nbytes)
+                out[p] = part
+                stats.manifest_bytes += size
+            stats.parts_fetched += len(missing)
+            stats.s3_gets += len(missing)
+        return [out[p] for p in which]
 
     def search(
         self,
@@ -234,7 +287,7 @@ class Searcher:
         started = time.perf_counter()
         stats = QueryStats()
 
-        def run(manifest: Manifest) -> Classification:
+        def run(manifest: Manifest | Root) -> Classification:
             if not manifest.label_names:
                 raise InvalidRequest(
                     "mode", f"'classify' needs a labelled collection; {collection!r} has no labels"
@@ -249,23 +302,14 @@ class Searcher:
     def rank(
         self, manifest: Manifest, queries: np.ndarray, probes: int, ranking: str | None = None
     ) -> np.ndarray:
-        """The ``probes`` best buckets for each prepared query, best first — shape (nq, probes).
+        """The ``probes`` buckets each prepared query reads first, best first — shape (nq, probes).
 
-        Scored in blocks of queries, so that the (queries × buckets) scores stay bounded.
+        Exactly the order a query of ``manifest`` follows (in tiers of parts for a
+        hierarchical one), in the manifest's own bucket numbers.
         """
-        ranking = ranking or manifest.params.get("ranking", DEFAULT_RANKING)
-        if ranking not in RANKINGS:
-            raise InvalidRequest("ranking", f"must be one of {list(RANKINGS)}, got {ranking!r}")
-        empty = manifest.buckets.rows == 0
-        probes = max(1, min(probes, int((~empty).sum())))  # an emptied bucket is never worth a GET
-        out = np.empty((len(queries), probes), dtype=np.int64)
-        step = max(1, scoring.BLOCK_SCORES // max(1, manifest.n_buckets))
-        for start in range(0, len(queries), step):
-            block = queries[start : start + step]
-            scores = bucket_scores(block, manifest.buckets.centroids, manifest.tree, manifest.metric, ranking)
-            scores[:, empty] = np.inf
-            out[start : start + step] = top_buckets(scores, probes)
-        return out
+        view = in_memory(manifest, ranking)
+        lists = view.rank(queries, probes)
+        return view.global_ids[lists] if isinstance(view, RoutedView) else lists
 
     # -- internals -------------------------------------------------------------------------
     def _run(
@@ -304,11 +348,11 @@ class Searcher:
                         raise failure
                     return result
                 _reset_counts(stats)  # HEAD moved on: redo on the new version
-        return work(self.manifest(collection, version, stats, ttl=ttl))
+        return work(self._stored(collection, version, stats, ttl=ttl))
 
     def _search(
         self,
-        manifest: Manifest,
+        stored: Manifest | Root,
         queries: np.ndarray,
         k: int,
         probes: int | None,
@@ -330,24 +374,25 @@ class Searcher:
         scored and resolved before the next round is read, so memory is bounded by the round
         budget plus O(nq × k) whatever the request.
         """
+        manifest = self._view(stored, ranking, stats)
         q = self._prepare_queries(queries, manifest)
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
         scoring.check_result_count(len(q), k)
         probes = min(self._resolve_probes(manifest, probes, recall_target, stats, k), manifest.n_buckets)
-        table = manifest.buckets
-        readable = max(1, int((table.rows > 0).sum()))
+        readable = max(1, manifest.readable)
         if filter is not None:
             target, limit = k, min(readable, max_probes or MAX_FILTER_PROBES)
         else:
             target = min(k, manifest.count)
             limit = readable if max_probes is None else min(readable, max(probes, max_probes))
-        decoded = table.sizes * (2 if manifest.dtype == "float16" else 1)
         top = scoring.TopK(len(q), k)
         held: dict[int, Bucket] = {}  # buckets read by this request and still in hand
         pending, done, p = np.arange(len(q)), 0, min(probes, limit)
         while True:
-            lists = self.rank(manifest, q[pending], p, ranking)[:, done:]
+            lists = manifest.rank(q[pending], p)[:, done:]
+            table = manifest.buckets  # a routed view grows as it reads parts
+            decoded = table.sizes * (2 if manifest.dtype == "float16" else 1)
             by_bucket = scoring.group_by_bucket(np.repeat(pending, lists.shape[1]), lists.ravel())
             needed = np.fromiter(by_bucket, dtype=np.int64, count=len(by_bucket))
             fresh = needed[[b not in held for b in needed.tolist()]]
@@ -359,12 +404,13 @@ class Searcher:
                 buckets = self._fetch(manifest, group, stats) if group.size else {}
                 if i == 0:
                     buckets.update(reuse)
+                gid = manifest.global_ids  # ties break by the version's bucket numbers, not the view's
                 for b, bucket in buckets.items():
                     mask = None if filter is None else filter.mask(bucket.metadata, bucket.count)
                     scoring.score_bucket(
-                        top, q, by_bucket[b], b, bucket, manifest.metric, table.centroids[b], mask
+                        top, q, by_bucket[b], int(gid[b]), bucket, manifest.metric, table.centroids[b], mask
                     )
-                top.resolve(q, buckets, manifest.metric)
+                top.resolve(q, {int(gid[b]): bucket for b, bucket in buckets.items()}, manifest.metric)
                 if len(rounds) == 1:  # it fits beside what is held: keep it for later widening
                     held.update(buckets)
                 del buckets  # else release this round before the next one is read
@@ -385,7 +431,7 @@ class Searcher:
 
     def _resolve_probes(
         self,
-        manifest: Manifest,
+        manifest: View,
         probes: int | None,
         recall_target: float | None,
         stats: QueryStats,
@@ -434,7 +480,7 @@ class Searcher:
         self._heads[collection] = _HeadState(fresh, now)
         return fresh.head
 
-    def _prepare_queries(self, queries: np.ndarray, manifest: Manifest) -> np.ndarray:
+    def _prepare_queries(self, queries: np.ndarray, manifest: View) -> np.ndarray:
         if queries.ndim != 2 or queries.shape[0] == 0:
             raise InvalidRequest("vectors", "must be a non-empty list of vectors")
         if queries.shape[1] != manifest.dim:
@@ -445,7 +491,7 @@ class Searcher:
         check_vectors(queries, "vectors", metric=manifest.metric)
         return distances.prepare(queries, manifest.metric)
 
-    def _fetch(self, manifest: Manifest, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
+    def _fetch(self, manifest: View, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
         """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs.
 
         One call is one fetch round; the figures in ``stats`` add up over a request's rounds.

@@ -168,7 +168,7 @@ def rollback(
         body, _ = store.get(mkey)
     except NotFound:
         raise CollectionNotFound(collection, version) from None
-    target = catalog.verify_manifest(collection, version, mkey, body)
+    target, _ = catalog.expand(store, catalog.verify_manifest(collection, version, mkey, body))
     sha = fingerprint(body)
     if current is not None and current.version == version and current.sha256 == sha:
         return version
@@ -242,9 +242,8 @@ def _load_versions(store: ObjectStore, collection: str, listed: Sequence[ObjectI
         for (info, version), body in zip(chunk, _get_present(store, [o.key for o, _ in chunk]), strict=True):
             if body is None:
                 continue
-            m = catalog.verify_manifest(collection, version, info.key, body)
-            refs = {layout.bucket_key(collection, fp) for fp in m.buckets.fingerprints}
-            refs.update(layout.id_shard_key(collection, fp) for fp in m.id_shards)
+            m, _ = catalog.expand(store, catalog.verify_manifest(collection, version, info.key, body))
+            refs = set(catalog.object_keys(m))
             out[version] = _Version(
                 version=version,
                 key=info.key,
@@ -277,12 +276,11 @@ def _get_present(store: ObjectStore, keys: list[str]) -> list[bytes | None]:
 def _require_complete(store: ObjectStore, m: Manifest, outcome: str) -> None:
     """Raise :class:`CorruptObject` naming the first missing object (manifest, bucket, id shard) of ``m``."""
     mkey = layout.manifest_key(m.collection, m.version)
-    prefixes = [mkey, _prefix(m.collection, "buckets/")] + (
-        [_prefix(m.collection, "ids/")] if m.id_shards else []
-    )
+    prefixes = [mkey, _prefix(m.collection, "buckets/")]
+    prefixes += [_prefix(m.collection, "ids/")] if m.id_shards else []
+    prefixes += [_prefix(m.collection, "parts/")] if m.stored else []
     present = {o.key for p in prefixes for o in store.list_objects(p)}
-    needed = [mkey] + [layout.bucket_key(m.collection, fp) for fp in m.buckets.fingerprints]
-    needed += [layout.id_shard_key(m.collection, fp) for fp in m.id_shards]
+    needed = [mkey, *catalog.object_keys(m)]
     missing = [k for k in needed if k not in present]
     if missing:
         raise CorruptObject(

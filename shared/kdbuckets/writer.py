@@ -185,6 +185,9 @@ def _attempt(
         buckets=BucketTable(fingerprints, sizes, counts, centroids),
         extra=m.extra,
         id_shards=id_shards,
+        part_buckets=m.part_buckets,
+        route_parts=m.route_parts,
+        stored=m.stored,  # parts this write leaves as they were are not PUT again
     )
     catalog.publish(store, manifest, snap.etag)
     return WriteResult(

@@ -18,7 +18,8 @@ from devtools import local
 from kdbuckets import layout
 from kdbuckets.bucket import decode_bucket
 from kdbuckets.errors import Conflict
-from kdbuckets.manifest import decode_head, decode_manifest
+from kdbuckets.manifest import decode_head
+from tests.conftest import read_manifest
 
 INDEX = local.INDEX_BUCKET
 
@@ -34,7 +35,7 @@ def assert_published(s3: Any, response: dict[str, Any], prefix: str = "") -> Non
     head = decode_head(read(s3, head_key), key=head_key)
     assert head.version == version
     assert response["manifest"] == prefix + layout.manifest_key(collection, version)
-    manifest = decode_manifest(read(s3, response["manifest"]), key=response["manifest"])
+    manifest = read_manifest(s3, response["manifest"])
     assert (manifest.collection, manifest.version, manifest.count) == (collection, version, response["count"])
     assert manifest.n_buckets == response["buckets"]
     replicated = round(manifest.params["replicate"] * response["count"])
@@ -161,7 +162,7 @@ def test_rebuilding_identical_data_writes_no_new_buckets_and_links_the_parent(
     assert second["buckets"] == first["buckets"]
     assert second["buckets_written"] == 0  # content-addressed: same bytes, same keys
     assert_published(s3, second)
-    manifest = decode_manifest(read(s3, second["manifest"]), key=second["manifest"])
+    manifest = read_manifest(s3, second["manifest"])
     assert manifest.parent == first["version"]
     # the previous version stays readable for pinned queries
     assert read(s3, first["manifest"])

@@ -35,8 +35,9 @@ from kdbuckets.bucket import decode_bucket, dedup_keys
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.collection import make_collection
 from kdbuckets.directory import decode_shard
-from kdbuckets.manifest import Manifest, decode_head, decode_manifest
+from kdbuckets.manifest import Manifest, decode_head
 from kdbuckets.writer import WriteResult
+from tests.conftest import read_manifest
 
 COLLECTION = "race"
 DIM = 8
@@ -80,7 +81,7 @@ def _build(store: ObjectStore, vectors: np.ndarray, ids: np.ndarray) -> str:
 def _head_manifest(store: ObjectStore) -> Manifest:
     body, _ = store.get(layout.head_key(COLLECTION))
     head = decode_head(body, key=layout.head_key(COLLECTION))
-    return decode_manifest(store.get(head.manifest_key)[0], key=head.manifest_key)
+    return read_manifest(store, head.manifest_key)
 
 
 def _assert_complete(store: ObjectStore, manifest: Manifest, expected_ids: np.ndarray) -> None:

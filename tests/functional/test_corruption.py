@@ -19,7 +19,8 @@ from devtools import local
 from kdbuckets import CorruptObject, layout
 from kdbuckets.bucket import IdColumn, decode_bucket, encode_bucket
 from kdbuckets.codec import fingerprint
-from kdbuckets.manifest import decode_head, decode_manifest, encode_head, encode_manifest
+from kdbuckets.manifest import decode_head, encode_head, encode_manifest
+from tests.conftest import read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
@@ -54,7 +55,7 @@ def put(s3: Any, key: str, body: bytes) -> None:
 
 
 def bucket_keys(s3: Any, demo: dict[str, Any]) -> list[str]:
-    manifest = decode_manifest(get(s3, demo["manifest"]), key=demo["manifest"])
+    manifest = read_manifest(s3, demo["manifest"])
     return [layout.bucket_key(local.COLLECTION, fp) for fp in manifest.buckets.fingerprints]
 
 
@@ -127,7 +128,7 @@ def test_bucket_disagreeing_with_a_consistently_forged_manifest_is_refused(
 ) -> None:
     """Even when manifest and HEAD agree with each other, a bucket's shape is cross-checked."""
     key = demo["manifest"]
-    manifest = decode_manifest(get(s3, key), key=key)
+    manifest = read_manifest(s3, key)
     rows = manifest.buckets.rows.copy()
     rows[0] += 1
     forged = encode_manifest(

@@ -52,7 +52,8 @@ from kdbuckets import (
 )
 from kdbuckets.bucket import decode_bucket
 from kdbuckets.errors import ConfigurationError, InternalError
-from kdbuckets.manifest import decode_head, decode_manifest
+from kdbuckets.manifest import decode_head
+from tests.conftest import read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
@@ -65,7 +66,7 @@ QUERIES = np.random.default_rng(43).normal(size=(4, DIM)).astype(np.float32)
 NEW_ID, NEW_VECTOR = 10_000, np.random.default_rng(44).normal(size=DIM).astype(np.float32)
 DELETED_ID = 7
 _PATH = re.compile(r"^/(?P<bucket>[^/]+)/(?P<key>.+)$")
-_KIND = re.compile(r"/(?P<kind>HEAD|manifests|buckets|ids)(?:/[^/]+)?$")
+_KIND = re.compile(r"/(?P<kind>HEAD|manifests|parts|buckets|ids)(?:/[^/]+)?$")
 
 
 def build_event(**overrides: Any) -> dict[str, Any]:
@@ -287,8 +288,7 @@ class Live:
 
     def manifest(self) -> Any:
         head = decode_head(self.head()[0], key=HEAD_KEY)
-        body = self.s3.get_object(Bucket=INDEX, Key=head.manifest_key)["Body"].read()
-        return decode_manifest(body, key=head.manifest_key)
+        return read_manifest(self.s3, head.manifest_key)
 
     def assert_serving_previous_version(self, head: tuple[bytes, str]) -> None:
         """HEAD did not move, and a cold query answers exactly as before."""
@@ -437,10 +437,13 @@ def test_body_short_but_complete_looking_is_corrupt_object_naming_the_key_never_
 WRITE_STEPS = [
     ("GET", "HEAD"),
     ("GET", "manifests"),
+    ("GET", "parts"),  # the part and the tree, one parallel round
+    ("GET", "parts"),
     ("GET", "ids"),
     ("GET", "buckets"),
     ("PUT", "buckets or ids"),
     ("PUT", "buckets or ids"),
+    ("PUT", "parts"),  # the part the write changed (the tree did not change: not PUT again)
     ("PUT", "manifests"),
     ("PUT", "HEAD"),
 ]
@@ -453,9 +456,9 @@ def test_a_clean_write_makes_the_requests_the_crash_tests_cover(live: Live, even
     live.run_write(event)
 
     sent = recorder.sent
-    assert sent[:4] == WRITE_STEPS[:4]
-    assert sorted(sent[4:6]) == [("PUT", "buckets"), ("PUT", "ids")]  # one round, in parallel
-    assert sent[6:] == WRITE_STEPS[6:]
+    assert sent[:6] == WRITE_STEPS[:6]
+    assert sorted(sent[6:8]) == [("PUT", "buckets"), ("PUT", "ids")]  # one round, in parallel
+    assert sent[8:] == WRITE_STEPS[8:]
 
 
 @pytest.mark.parametrize(
@@ -496,7 +499,7 @@ def test_delete_crashing_at_each_request_in_turn_never_publishes_and_then_succee
 
 #: A rebuild split into at most 2**2 = 4 buckets and one id shard: HEAD, 5 uploads, manifest, HEAD.
 REBUILD = build_event(max_depth=2, bucket_size=30, projection="none", replace=True)  # over the live version
-BUILD_STEPS = 8
+BUILD_STEPS = 10
 
 
 def test_a_clean_rebuild_makes_the_requests_the_crash_tests_cover(live: Live) -> None:
@@ -509,7 +512,7 @@ def test_a_clean_rebuild_makes_the_requests_the_crash_tests_cover(live: Live) ->
     assert len(sent) == BUILD_STEPS
     assert sent[0] == ("GET", "HEAD")
     assert sorted(sent[1:6]) == [("PUT", "buckets")] * 4 + [("PUT", "ids")]
-    assert sent[6:] == [("PUT", "manifests"), ("PUT", "HEAD")]
+    assert sent[6:] == [("PUT", "parts"), ("PUT", "parts"), ("PUT", "manifests"), ("PUT", "HEAD")]
 
 
 @pytest.mark.parametrize("step", range(1, BUILD_STEPS + 1))

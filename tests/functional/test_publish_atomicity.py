@@ -22,7 +22,8 @@ import pytest
 from devtools import local
 from kdbuckets import Conflict, KdBucketsError, layout, storage
 from kdbuckets.bucket import decode_bucket
-from kdbuckets.manifest import decode_head, decode_manifest
+from kdbuckets.manifest import decode_head
+from tests.conftest import read_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
 
@@ -108,9 +109,7 @@ def test_build_failing_midway_leaves_the_previous_version_live(
     assert v2["version"] != v1["version"]
     head = decode_head(s3.get_object(Bucket=INDEX, Key=HEAD_KEY)["Body"].read(), key=HEAD_KEY)
     assert head.version == v2["version"]
-    manifest = decode_manifest(
-        s3.get_object(Bucket=INDEX, Key=v2["manifest"])["Body"].read(), key=v2["manifest"]
-    )
+    manifest = read_manifest(s3, v2["manifest"])
     assert manifest.parent == v1["version"]
     query_handler._searcher = None
     after_retry = query_handler.lambda_handler(query, lambda_context)
@@ -187,9 +186,7 @@ def assert_complete_and_queryable(
     head_key = layout.head_key(collection)
     head = decode_head(s3.get_object(Bucket=INDEX, Key=head_key)["Body"].read(), key=head_key)
     assert head.version == winner["version"]
-    manifest = decode_manifest(
-        s3.get_object(Bucket=INDEX, Key=winner["manifest"])["Body"].read(), key=winner["manifest"]
-    )
+    manifest = read_manifest(s3, winner["manifest"])
     for fp in manifest.buckets.fingerprints:
         key = layout.bucket_key(collection, fp)
         decode_bucket(s3.get_object(Bucket=INDEX, Key=key)["Body"].read(), key=key, expected_fingerprint=fp)
@@ -239,14 +236,12 @@ def test_racing_builds_one_wins_and_the_other_gets_conflict(
     assert_complete_and_queryable(
         s3, query_handler, lambda_context, outcomes[winner], events[winner], exact_knn
     )
-    manifest = decode_manifest(
-        s3.get_object(Bucket=INDEX, Key=outcomes[winner]["manifest"])["Body"].read(), key="m"
-    )
+    manifest = read_manifest(s3, outcomes[winner]["manifest"])
     assert manifest.parent == (base["version"] if base else None)
 
     hold.uninstall(shared_client())
     retried = build_handler.lambda_handler(events[loser], lambda_context)
 
     assert_complete_and_queryable(s3, query_handler, lambda_context, retried, events[loser], exact_knn)
-    manifest = decode_manifest(s3.get_object(Bucket=INDEX, Key=retried["manifest"])["Body"].read(), key="m")
+    manifest = read_manifest(s3, retried["manifest"])
     assert manifest.parent == outcomes[winner]["version"]

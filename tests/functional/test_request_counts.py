@@ -22,7 +22,7 @@ from devtools import local
 from kdbuckets import ObjectStore, Searcher, storage
 
 _KEY = re.compile(
-    r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|buckets|ids)(?:/(?P<name>[^/]+))?$"
+    r"/(?P<collection>[A-Za-z0-9_.-]+)/(?P<kind>HEAD|manifests|parts|buckets|ids)(?:/(?P<name>[^/]+))?$"
 )
 PROBES = 3
 
@@ -84,7 +84,8 @@ def test_cold_query_gets_head_manifest_and_at_most_probes_buckets(
     buckets = wire.names("GET", "buckets")
     assert 1 <= len(buckets) <= PROBES
     assert len(buckets) == len(set(buckets)) == response["stats"]["buckets_fetched"]
-    assert len(wire.requests) == 2 + len(buckets)  # nothing else: no LIST, no PUT
+    assert wire.count("GET", "parts") == response["stats"]["parts_fetched"] == 1  # one part: the whole table
+    assert len(wire.requests) == 3 + len(buckets)  # nothing else: no LIST, no PUT
     assert response["stats"]["cache_hits"] == 0
 
 
@@ -101,7 +102,8 @@ def test_cold_batch_fetches_each_bucket_at_most_once(
     assert len(buckets) == len(set(buckets)) == response["stats"]["buckets_fetched"]
     assert wire.count("GET", "HEAD") == 1
     assert wire.count("GET", "manifests") == 1
-    assert len(wire.requests) == 2 + len(buckets)
+    assert wire.count("GET", "parts") == 1
+    assert len(wire.requests) == 3 + len(buckets)
 
 
 def test_cold_classify_costs_the_same_as_search(
@@ -189,11 +191,12 @@ def test_build_writes_buckets_then_manifest_then_head_conditionally(
 
     puts = [(k, n, h) for m, k, n, h in wire.requests if m == "PUT"]
     kinds = [k for k, _, _ in puts]
-    immutable = kinds[:-2]  # buckets and id-directory shards, uploaded in parallel
-    assert kinds[-2:] == ["manifests", "HEAD"]
+    immutable = kinds[:-4]  # buckets and id-directory shards, uploaded in parallel
+    assert kinds[-4:] == ["parts", "parts", "manifests", "HEAD"]  # the manifest's part and tree first
     assert immutable.count("buckets") == first["buckets"]
     assert set(immutable) == {"buckets", "ids"}
-    assert all(h.get("If-None-Match") == "*" for k, _, h in puts if k in ("buckets", "ids", "manifests"))
+    immutable_kinds = ("buckets", "ids", "parts", "manifests")
+    assert all(h.get("If-None-Match") == "*" for k, _, h in puts if k in immutable_kinds)
     assert puts[-1][2].get("If-None-Match") == "*"  # a new collection: HEAD must not exist yet
     assert "If-Match" not in puts[-1][2]
     assert wire.count("GET", "HEAD") == 1

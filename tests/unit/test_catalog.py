@@ -37,7 +37,10 @@ def test_read_live_returns_head_etag_and_the_verified_manifest(s3_store: ObjectS
     assert snap.head.version == snap.manifest.version == version
     assert snap.manifest.collection == "docs"
     assert snap.etag == s3_store.get(layout.head_key("docs"))[1]
-    assert snap.manifest_bytes == len(s3_store.get(layout.manifest_key("docs", version))[0])
+    root = len(s3_store.get(layout.manifest_key("docs", version))[0])
+    parts = sum(len(s3_store.get(layout.part_key("docs", fp))[0]) for fp in snap.manifest.stored)
+    assert snap.manifest.stored  # a root, its part and its tree
+    assert snap.manifest_bytes == root + parts
 
 
 def test_a_collection_without_head_is_not_found(s3_store: ObjectStore) -> None:
@@ -140,9 +143,9 @@ def test_publish_recognises_its_own_manifest_put_whose_response_was_lost(s3_stor
     build(s3_store)
     snap = catalog.read_live(s3_store, "docs")
     mine = _next(snap.manifest)
-    from kdbuckets.manifest import encode_manifest
+    from kdbuckets.manifest import encode_hierarchy
 
-    s3_store.put(layout.manifest_key("docs", mine.version), encode_manifest(mine), if_absent=True)
+    s3_store.put(layout.manifest_key("docs", mine.version), encode_hierarchy(mine).root, if_absent=True)
     catalog.publish(s3_store, mine, snap.etag)  # its own manifest already there: not a conflict
     assert catalog.read_live(s3_store, "docs").manifest.version == mine.version
 

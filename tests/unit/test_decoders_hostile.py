@@ -35,10 +35,22 @@ from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.collection import make_collection
 from kdbuckets.directory import Shard, decode_shard
 from kdbuckets.errors import CorruptObject, SourceError
-from kdbuckets.manifest import Head, Manifest, decode_head, decode_manifest
+from kdbuckets.manifest import (
+    Head,
+    Manifest,
+    Part,
+    PartTable,
+    Root,
+    decode_head,
+    decode_manifest,
+    decode_part,
+    decode_stored,
+    encode_manifest,
+)
 from kdbuckets.metadata import MetadataColumns
 from kdbuckets.sources import load_npy
 from kdbuckets.storage import ObjectStore
+from tests.conftest import read_manifest
 
 KEY = "hostile/buckets/x"
 MiB = 1 << 20
@@ -55,9 +67,21 @@ HYPOTHESIS = {
 class Samples:
     """Encoded objects of one small collection (a plain class: Hypothesis prints it by repr)."""
 
-    def __init__(self, bucket: bytes, manifest: bytes, head: bytes, shard: bytes, n_buckets: int) -> None:
+    def __init__(
+        self,
+        bucket: bytes,
+        manifest: bytes,
+        head: bytes,
+        shard: bytes,
+        n_buckets: int,
+        root: bytes,
+        part: bytes,
+    ) -> None:
         self.bucket = bucket  # string ids, labels, dedup keys (replicated) and metadata
-        self.manifest = manifest
+        self.manifest = manifest  # the flat format 1
+        self.root = root  # format 2: the root of the hierarchy, and one of its parts
+        self.part = part
+        self.root_obj = decode_stored(root, key="root")
         self.head = head
         self.shard = shard
         self.n_buckets = n_buckets
@@ -85,14 +109,37 @@ def samples(module_s3_store: ObjectStore) -> Samples:
     )
     built = build_index(module_s3_store, "hostile", data, BuildParams(bucket_size=8, replicate=0.25))
     head, _ = module_s3_store.get(layout.head_key("hostile"))
-    manifest_body, _ = module_s3_store.get(built.manifest_key)
-    manifest = decode_manifest(manifest_body, key="m")
+    root_body, _ = module_s3_store.get(built.manifest_key)
+    manifest = read_manifest(module_s3_store, built.manifest_key)
+    manifest_body = encode_manifest(manifest)  # the flat format, still read for old collections
+    root = decode_stored(root_body, key="root")
+    part_body, _ = module_s3_store.get(layout.part_key("hostile", root.parts.fingerprints[0]))
     bucket, _ = module_s3_store.get(layout.bucket_key("hostile", manifest.buckets.fingerprints[0]))
     shard, _ = module_s3_store.get(layout.id_shard_key("hostile", manifest.id_shards[0]))
     node = msgpack.unpackb(bucket, raw=False)
     assert node.get("metadata") is not None, "the sample bucket must carry metadata"
     assert node.get("keys") is not None, "the sample bucket must carry dedup keys"
-    return Samples(bucket, manifest_body, head, shard, manifest.n_buckets)
+    return Samples(bucket, manifest_body, head, shard, manifest.n_buckets, root_body, part_body)
+
+
+#: A root for decoding part objects without a collection at hand (dimension 4, 4 buckets).
+_TINY_ROOT = Root(
+    collection="c",
+    version="v",
+    created_at="",
+    dim=4,
+    metric="l2",
+    dtype="float32",
+    count=0,
+    id_kind="int",
+    label_names=None,
+    params={},
+    n_buckets=4,
+    parts=PartTable([], *([np.zeros(0, np.int64)] * 4), np.zeros((0, 4), np.float32)),
+    tree_ref="0" * 64,
+    part_buckets=0,
+    route_parts=2,
+)
 
 
 # --------------------------------------------------------------------------- running a decoder
@@ -103,6 +150,10 @@ def _decoders(samples: Samples | None) -> dict[str, Callable[[bytes], Any]]:
         "codec.loads": lambda body: codec.loads(body, key=KEY),
         "decode_bucket": lambda body: decode_bucket(body, key=KEY),
         "decode_manifest": lambda body: decode_manifest(body, key=KEY),
+        "decode_stored": lambda body: decode_stored(body, key=KEY),
+        "decode_part": lambda body: decode_part(
+            body, key=KEY, root=samples.root_obj if samples else _TINY_ROOT
+        ),
         "decode_head": lambda body: decode_head(body, key=KEY),
         "decode_shard": lambda body: decode_shard(
             body, key=KEY, expected_fingerprint=codec.fingerprint(body), n_buckets=n_buckets
@@ -330,6 +381,35 @@ def test_decode_manifest_refuses_or_returns_a_consistent_manifest(
     manifest = refuses_in_bounded_memory("decode_manifest", _decoders(samples)["decode_manifest"], body)
     if manifest is not None:
         _check_manifest(manifest)
+
+
+@settings(max_examples=200, **HYPOTHESIS)
+@given(data=st.data())
+def test_decode_root_refuses_or_returns_a_consistent_root(samples: Samples, data: st.DataObject) -> None:
+    mutated = data.draw(mutation(msgpack.unpackb(samples.root, raw=False)))
+    body = msgpack.packb(mutated, use_bin_type=True)
+    root = refuses_in_bounded_memory("decode_stored", _decoders(samples)["decode_stored"], body)
+    if isinstance(root, Root):
+        n = len(root.parts)
+        assert root.parts.centroids.shape == (n, root.dim)
+        assert int(root.parts.buckets.sum()) == root.n_buckets
+        assert all(len(a) == n for a in (root.parts.sizes, root.parts.nonempty, root.parts.rows))
+    elif root is not None:
+        _check_manifest(root)
+
+
+@settings(max_examples=200, **HYPOTHESIS)
+@given(data=st.data())
+def test_decode_part_refuses_or_returns_a_consistent_part(samples: Samples, data: st.DataObject) -> None:
+    mutated = data.draw(mutation(msgpack.unpackb(samples.part, raw=False)))
+    body = msgpack.packb(mutated, use_bin_type=True)
+    part = refuses_in_bounded_memory("decode_part", _decoders(samples)["decode_part"], body)
+    if part is not None:
+        assert isinstance(part, Part)
+        m = len(part.ids)
+        assert len(part.buckets.fingerprints) == m
+        assert part.buckets.centroids.shape == (m, samples.root_obj.dim)
+        assert np.all((part.ids >= 0) & (part.ids < samples.root_obj.n_buckets))
 
 
 @settings(max_examples=300, **HYPOTHESIS)

@@ -144,7 +144,7 @@ class Rounds:
                 barrier.abort()  # nobody may stay waiting on a round that will not fill
 
 
-_KIND = re.compile(r"/(HEAD|manifests|buckets)(?:/|$)")
+_KIND = re.compile(r"/(HEAD|manifests|parts|buckets)(?:/|$)")
 
 
 def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(index: Any) -> None:
@@ -162,15 +162,15 @@ def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(inde
     assert rounds.extra == []
 
 
-def test_a_cold_query_needs_at_most_three_rounds(index: Any) -> None:
+def test_a_cold_query_needs_at_most_four_rounds(index: Any) -> None:
     store, vectors = index
 
-    with Rounds([1, 1, 3]).watching(store) as rounds:  # HEAD → manifest → the buckets together
+    with Rounds([1, 1, 1, 3]).watching(store) as rounds:  # HEAD → root → its part → the buckets
         result = Searcher(store).search("lat", vectors[:1], k=5, probes=3)
 
     assert result.stats.buckets_fetched == 3
     assert rounds.broken == []
-    assert rounds.kinds == [["HEAD"], ["manifests"], ["buckets", "buckets", "buckets"]]
+    assert rounds.kinds == [["HEAD"], ["manifests"], ["parts"], ["buckets", "buckets", "buckets"]]
     assert rounds.extra == []
 
 

@@ -26,10 +26,11 @@ from kdbuckets.codec import fingerprint
 from kdbuckets.collection import make_collection
 from kdbuckets.errors import CollectionNotFound, Conflict, CorruptObject, InvalidRequest
 from kdbuckets.gc import GcReport, collect_garbage
-from kdbuckets.manifest import Manifest, decode_head, decode_manifest, encode_head, encode_manifest
+from kdbuckets.manifest import Manifest, decode_head, encode_head, encode_hierarchy
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
 from kdbuckets.versions import describe_version, list_versions, rollback
+from tests.conftest import read_manifest
 
 N, DIM = 240, 8
 PARAMS = BuildParams(metric="l2", bucket_size=30, refine=0, replicate=0.0, dtype="float32")
@@ -59,8 +60,7 @@ def build_many(store: ObjectStore, seeds: list[int], collection: str = "docs") -
 
 
 def manifest(store: ObjectStore, version: str, collection: str = "docs") -> Manifest:
-    key = layout.manifest_key(collection, version)
-    return decode_manifest(store.get(key)[0], key=key)
+    return read_manifest(store, layout.manifest_key(collection, version))
 
 
 def bucket_keys(store: ObjectStore, version: str, collection: str = "docs") -> set[str]:
@@ -70,9 +70,13 @@ def bucket_keys(store: ObjectStore, version: str, collection: str = "docs") -> s
 
 
 def version_keys(store: ObjectStore, version: str, collection: str = "docs") -> set[str]:
-    """Every object ``version`` needs: its manifest, buckets and id-directory shards."""
-    shards = {layout.id_shard_key(collection, fp) for fp in manifest(store, version, collection).id_shards}
-    return bucket_keys(store, version, collection) | shards | {layout.manifest_key(collection, version)}
+    """Every object ``version`` needs: its manifest (root, parts, tree), buckets and id-directory shards."""
+    m = manifest(store, version, collection)
+    shards = {layout.id_shard_key(collection, fp) for fp in m.id_shards}
+    parts = {layout.part_key(collection, fp) for fp in m.stored}
+    return (
+        bucket_keys(store, version, collection) | shards | parts | {layout.manifest_key(collection, version)}
+    )
 
 
 def keys(store: ObjectStore, prefix: str = "") -> set[str]:
@@ -135,7 +139,7 @@ def in_flight_copy(store: ObjectStore, of_version: str, version: str) -> str:
     """Upload a manifest that reuses ``of_version``'s buckets, as a publish in flight would."""
     m = replace(manifest(store, of_version), version=version, created_at=datetime.now(UTC).isoformat())
     key = layout.manifest_key("docs", version)
-    store.put(key, encode_manifest(m), if_absent=True)
+    store.put(key, encode_hierarchy(m).root, if_absent=True)  # its parts are the very same objects
     return key
 
 
@@ -143,7 +147,7 @@ def craft_version(store: ObjectStore, like: str, version: str, *, parent: str | 
     """A version with ``like``'s buckets, built on ``parent`` and published at ``at`` (simulated)."""
     m = replace(manifest(store, like), version=version, parent=parent, created_at=at.isoformat())
     key = layout.manifest_key("docs", version)
-    store.put(key, encode_manifest(m))
+    store.put(key, encode_hierarchy(m).root)
     set_last_modified(store, key, at)
 
 
