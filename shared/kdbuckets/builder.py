@@ -18,6 +18,7 @@ bytes, the rotated copy during the tree build being the top (bench/build_memory.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,10 +94,6 @@ def build_index(
     part = partition(vectors, params)
     timings["partition_ms"] = _ms(t0)
 
-    t_cal = time.perf_counter()
-    curve = calibrate(vectors, part, params.metric, params.ranking, seed=params.seed)
-    timings["calibrate_ms"] = _ms(t_cal)
-
     keys = dedup_keys(data.ids)
     t1 = time.perf_counter()
     table, written, encode_s = upload_buckets(
@@ -139,9 +136,13 @@ def build_index(
         params=params.as_dict(),
         tree=part.tree,
         buckets=table,
-        extra={"calibration": curve},
         id_shards=shard_fps,
+        part_buckets=params.part_buckets or 0,  # unset: one part (the flat ranking)
     )
+    t_cal = time.perf_counter()
+    curve = calibrate(vectors, part, params.metric, params.ranking, seed=params.seed, manifest=manifest)
+    manifest = dataclasses.replace(manifest, extra={"calibration": curve})
+    timings["calibrate_ms"] = _ms(t_cal)
     mkey = catalog.publish(store, manifest, None if expected_head is None else expected_head.etag)
     timings["total_ms"] = _ms(t0)
     return BuildResult(

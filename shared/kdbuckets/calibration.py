@@ -24,9 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .ranking import bucket_positions, bucket_scores
+from .ranking import (
+    bucket_positions,
+    bucket_scores,
+    bucket_tiers,
+    centroid_scores,
+    part_order,
+    tiered_positions,
+)
 
 if TYPE_CHECKING:
+    from .manifest import Manifest
     from .partition import Partition
 
 SAMPLE = 512
@@ -46,9 +54,19 @@ BLOCK = 8192
 
 
 def calibrate(
-    vectors: np.ndarray, part: Partition, metric: str, ranking: str, *, seed: int
+    vectors: np.ndarray,
+    part: Partition,
+    metric: str,
+    ranking: str,
+    *,
+    seed: int,
+    manifest: Manifest | None = None,
 ) -> dict[str, Any]:
-    """Recall@k reached with 1, 2, … probes for each k in :data:`KS`, on a sample of the collection."""
+    """Recall@k reached with 1, 2, … probes for each k in :data:`KS`, on a sample of the collection.
+
+    With ``manifest`` (the version about to be published) buckets are ranked exactly as its
+    queries will rank them (:func:`read_positions`: in tiers of parts); without, flat.
+    """
     n = len(vectors)
     nb = len(part.leaf_rows)
     if n < 2:
@@ -58,8 +76,32 @@ def calibrate(
     sample = np.sort(rng.choice(n, min(SAMPLE, n), replace=False))
     queries = vectors[sample]
     truth = exact_neighbours(queries, vectors, sample, metric, ks[-1])  # (s, k_max), nearest first
-    scores = bucket_scores(queries, part.centroids, part.tree, metric, ranking)
-    return curves_from_ranks(bucket_positions(scores), part.primary[truth], part.secondary[truth], ks)
+    if manifest is not None:
+        positions = read_positions(queries, manifest, ranking)
+    else:
+        positions = bucket_positions(bucket_scores(queries, part.centroids, part.tree, metric, ranking))
+    return curves_from_ranks(positions, part.primary[truth], part.secondary[truth], ks)
+
+
+def read_positions(queries: np.ndarray, manifest: Manifest, ranking: str) -> np.ndarray:
+    """Position at which each query of ``manifest`` reads every bucket (0 = first) — (nq, nb).
+
+    Exactly the searcher's order: ``bbf`` over the whole tree; ``centroid`` in tiers of the
+    manifest's parts (:mod:`kdbuckets.ranking`), which for one part is the flat order.
+    """
+    from .manifest import part_layout
+
+    m = manifest
+    if ranking == "bbf":
+        return bucket_positions(bucket_scores(queries, m.buckets.centroids, m.tree, m.metric, ranking))
+    groups, routing = part_layout(m)
+    bucket_part = np.empty(m.n_buckets, np.int64)
+    for i, g in enumerate(groups):
+        bucket_part[g] = i
+    nonempty = np.array([np.count_nonzero(m.buckets.rows[g] > 0) for g in groups], np.int64)
+    order = part_order(queries, routing, nonempty, m.metric)
+    tiers = bucket_tiers(order, bucket_part, m.buckets.rows, m.route_parts)
+    return tiered_positions(centroid_scores(queries, m.buckets.centroids, m.metric), tiers)
 
 
 def curves_from_ranks(

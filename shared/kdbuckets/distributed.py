@@ -14,7 +14,9 @@ machine (``statemachine/build.asl.json``) runs:
    :func:`~kdbuckets.builder.upload_buckets` (float16 option, content-addressed buckets) over
    the partition's rows, plus its share of the calibration ground truth;
 5. :func:`commit` — graft the partitions' trees under the top tree, merge their bucket tables
-   into today's flat manifest, build the id directory, finish the calibration and publish by
+   into one manifest — stored as a hierarchy of parts sized for the collection
+   (:func:`kdbuckets.hierarchy.part_buckets_for`) —, build the id directory, finish the
+   calibration (in the tiers queries will read) and publish by
    :func:`kdbuckets.catalog.publish` (compare-and-swap of ``HEAD``).
 
 Staged objects live under ``{INDEX_PREFIX}_staging/{collection}/{plan_id}/`` (a lifecycle rule
@@ -31,6 +33,7 @@ result there instead of concatenating them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -43,7 +46,7 @@ import numpy as np
 from . import catalog, codec, distances, layout
 from .bucket import dedup_keys
 from .builder import head_to_replace, upload_buckets
-from .calibration import KS, SAMPLE, curves_from_ranks
+from .calibration import KS, SAMPLE, curves_from_ranks, read_positions
 from .calibration import K as CAL_K
 from .collection import MAX_DIM, Collection
 from .directory import build_shards, encode_shard, shard_count
@@ -60,11 +63,11 @@ from .distributed_events import (
     parse_step,
 )
 from .errors import Conflict, CorruptObject, InvalidRequest, KdBucketsError, SourceError
-from .manifest import BucketTable, Manifest
+from .hierarchy import part_buckets_for
+from .manifest import BucketTable, Manifest, stored_centroids
 from .params import BuildParams
 from .partition import partition as partition_rows
 from .projection import fit_pca
-from .ranking import bucket_positions, bucket_scores
 from .refine import lloyd, nearest_centroid
 from .sources import StoreReader, read_npy_header, read_npy_rows, read_source, shard_uris
 from .storage import NotFound, ObjectStore, PreconditionFailed, S3Uri
@@ -621,7 +624,7 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
     if len(vectors) == 0:
         tree = _leaf_tree(dim)
         leaf_rows = [np.zeros(0, np.int64)]
-        centroids = _arr(p, "centroids", _key(ref, "plan"))[index : index + 1].astype(np.float32)
+        centroids = stored_centroids(_arr(p, "centroids", _key(ref, "plan"))[index : index + 1], params.dtype)
         primary = secondary = np.zeros(0, np.int64)
     else:
         part = partition_rows(vectors, params)
@@ -737,7 +740,7 @@ def _candidates(
 
 # -- 5. commit -------------------------------------------------------------------------------
 def commit(store: ObjectStore, ref: PlanRef) -> dict[str, Any]:
-    """Merge the partition results into today's flat manifest and publish it (CAS on HEAD).
+    """Merge the partition results into one manifest (stored in parts) and publish it (CAS on HEAD).
 
     Idempotent: when HEAD already names the plan's version (an earlier attempt published and
     its response was lost) nothing is written again. The manifest's bytes are deterministic
@@ -778,7 +781,6 @@ def commit(store: ObjectStore, ref: PlanRef) -> dict[str, Any]:
     )
     del shards
     params = BuildParams(**p["params"])
-    curve = _calibration(routing, parts, merged, params, int(p["count"]))
     manifest = Manifest(
         collection=ref.collection,
         version=p["version"],
@@ -793,9 +795,13 @@ def commit(store: ObjectStore, ref: PlanRef) -> dict[str, Any]:
         params=params.as_dict(),
         tree=merged.tree,
         buckets=merged.table,
-        extra={"calibration": curve},
         id_shards=shard_fps,
+        part_buckets=part_buckets_for(len(merged.table))
+        if params.part_buckets is None
+        else params.part_buckets,
     )
+    curve = _calibration(routing, parts, merged, manifest, int(p["count"]))
+    manifest = dataclasses.replace(manifest, extra={"calibration": curve})
     mkey = catalog.publish(store, manifest, p["expected_etag"])
     return _response(p, ref, mkey, merged.table, started, reused=False)
 
@@ -918,7 +924,7 @@ def graft(top: Tree, subs: list[Tree], offsets: np.ndarray) -> Tree:
 
 
 def _calibration(
-    routing: dict[str, Any], parts: list[dict[str, Any]], merged: Merged, params: BuildParams, n: int
+    routing: dict[str, Any], parts: list[dict[str, Any]], merged: Merged, manifest: Manifest, n: int
 ) -> dict[str, Any]:
     """Recall curves as :func:`kdbuckets.calibration.calibrate` computes them, from merged truth."""
     nb = len(merged.table)
@@ -946,8 +952,8 @@ def _calibration(
     order = np.lexsort((rows, dist), axis=1)[:, : ks[-1]]  # nearest first, ties by row
     truth_primary = np.take_along_axis(prim, order, axis=1)
     truth_secondary = np.take_along_axis(sec, order, axis=1)
-    scores = bucket_scores(queries, merged.table.centroids, merged.tree, params.metric, params.ranking)
-    return curves_from_ranks(bucket_positions(scores), truth_primary, truth_secondary, ks)
+    positions = read_positions(queries, manifest, manifest.params.get("ranking", "centroid"))
+    return curves_from_ranks(positions, truth_primary, truth_secondary, ks)
 
 
 # -- the Catch path ------------------------------------------------------------------------------

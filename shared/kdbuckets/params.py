@@ -26,6 +26,7 @@ MAX_BUCKET_SIZE = 1_000_000
 MAX_DEPTH = 64
 MAX_SEED = 2**32 - 1
 MAX_REFINE = 50
+MAX_PART_BUCKETS = 1 << 20
 PROJECTIONS = ("none", "pca")
 DTYPES = ("float32", "float16")
 
@@ -71,6 +72,9 @@ class BuildParams(RequestModel):
     refine: Annotated[int, Field(ge=0, le=MAX_REFINE)] = 10
     replicate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
     ranking: Ranking = "centroid"
+    #: buckets per manifest part (kdbuckets.hierarchy); unset: one part for a single-function
+    #: build, ~√(buckets / 2) for a distributed one; 0: one part
+    part_buckets: Annotated[int, Field(ge=0, le=MAX_PART_BUCKETS)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -79,8 +83,11 @@ class BuildParams(RequestModel):
             raise to_invalid_request(exc) from None
 
     def as_dict(self) -> dict[str, Any]:
-        """The build parameters only (a subclass's other fields excluded), JSON-ready."""
-        return {name: getattr(self, name) for name in BuildParams.model_fields}
+        """The build parameters only (a subclass's other fields excluded, unset options left out)."""
+        out = {name: getattr(self, name) for name in BuildParams.model_fields}
+        if out["part_buckets"] is None:
+            del out["part_buckets"]
+        return out
 
 
 # --------------------------------------------------------------------------- error translation
