@@ -88,3 +88,14 @@ deploy: build ## deploy to AWS interactively (sam deploy --guided; needs AWS cre
 clean: ## remove virtualenvs, build output and caches
 	rm -rf $(VENV) $(TOOLS_VENV) .venv-bench .aws-sam .pytest_cache .ruff_cache .hypothesis bench/out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: serve openapi
+serve: $(VENV_STAMP) ## the HTTP API on localhost (curl localhost:8000/collections/tiny) against an embedded moto S3; SERVE_ARGS="--port 9000 --sample"
+	$(PY) -m devtools.serve $(SERVE_ARGS)
+
+openapi: $(VENV_STAMP) ## regenerate openapi.json from the API function's routes and models
+	$(PY) -m devtools.serve --openapi > openapi.json
+
+.PHONY: demo-writes
+demo-writes: $(VENV_STAMP) ## a stream of small upserts coalesced through an SQS FIFO queue into the write handler on embedded moto (S3 + SQS), vs the same upserts sent directly; DEMO_WRITES_ARGS="--writes 500"
+	$(PY) -m devtools.demo_writes $(DEMO_WRITES_ARGS)

@@ -1,4 +1,4 @@
-"""Query Lambda: k-NN search and k-NN classification over a published collection.
+"""Query Lambda: k-NN search and classification, and reading stored vectors back (fetch, list, count).
 
 Thin by design: validate and run the event through ``kdbuckets.service.query``, record what
 the request cost as CloudWatch metrics (EMF), return the response. The ``Searcher`` lives at
@@ -61,7 +61,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             f"internal error; see the function logs for request {context.aws_request_id}"
         ) from None
     stats = response["stats"]
-    metrics.add_metric(name="QueryVectors", unit=MetricUnit.Count, value=len(response["results"]))
+    if "results" in response:  # a search; fetch, list and count read without query vectors
+        metrics.add_metric(name="QueryVectors", unit=MetricUnit.Count, value=len(response["results"]))
     metrics.add_metric(name="BucketsFetched", unit=MetricUnit.Count, value=stats["buckets_fetched"])
     metrics.add_metric(name="BytesFetched", unit=MetricUnit.Bytes, value=stats["bytes_fetched"])
     metrics.add_metric(name="CacheHits", unit=MetricUnit.Count, value=stats["cache_hits"])

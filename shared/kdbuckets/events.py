@@ -9,7 +9,7 @@ naming the field in the caller's terms (``vectors[2][5]``, ``items[3].id``, ``ke
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import (
@@ -27,8 +27,10 @@ from .collection import Collection, control_problem, id_problem
 from .errors import InvalidRequest
 from .filters import Filter, parse_filter
 from .params import BuildParams, Ranking, RequestModel, field_error, to_invalid_request
+from .reading import DEFAULT_LIST_LIMIT, MAX_CURSOR_CHARS, MAX_FETCH_IDS, MAX_LIST_LIMIT
 from .searcher import CONSISTENCIES, DEFAULT_CONSISTENCY, MAX_K
 from .sources import items_to_collection, vector_matrix
+from .storage import S3Uri
 
 MAX_QUERY_VECTORS = 1000
 MAX_PROBES = 4096
@@ -36,6 +38,7 @@ MAX_WRITE_ITEMS = 5000
 MAX_DELETE_IDS = 10_000
 MAX_KEEP_LAST = 1000
 MAX_GRACE_SECONDS = 7 * 86400
+MAX_EXPORT_SHARD_ROWS = 1_000_000
 
 
 def _collection_name(value: str) -> str:
@@ -91,6 +94,7 @@ class QueryRequest(RequestModel):
     """A query event: vectors to search for, how many neighbours, how many buckets to read."""
 
     collection: CollectionName
+    operation: Literal["query"] = "query"  # the default read operation (see READ_MODELS)
     vectors: Annotated[list[Any], Field(min_length=1, max_length=MAX_QUERY_VECTORS)]
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
     probes: Annotated[int, Field(ge=1, le=MAX_PROBES)] | None = None
@@ -130,6 +134,80 @@ def parse_query(event: object) -> tuple[QueryRequest, np.ndarray, Filter | None]
     return request, request.matrix(), request.parsed_filter()
 
 
+# --------------------------------------------------------------------------- other reads
+class FetchRequest(RequestModel):
+    """Stored vectors by id (unknown ids are listed as missing, not an error)."""
+
+    collection: CollectionName
+    operation: Literal["fetch"]
+    ids: Annotated[list[Any], Field(min_length=1, max_length=MAX_FETCH_IDS)]
+    include_vectors: bool = False
+    include_metadata: bool = True
+    version: VersionId | None = None
+
+    @field_validator("ids")
+    @classmethod
+    def _distinct_ids_of_one_type(cls, ids: list[Any]) -> list[Any]:
+        return distinct_ids(ids, "ids")
+
+
+class ListRequest(RequestModel):
+    """One page of a version's vectors; ``cursor`` (from the previous page) continues it."""
+
+    collection: CollectionName
+    operation: Literal["list"]
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT
+    cursor: Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)] | None = None
+    include_vectors: bool = False
+    include_metadata: bool = True
+    version: VersionId | None = None
+
+
+class CountRequest(RequestModel):
+    """How many vectors a version holds, or how many match a metadata filter."""
+
+    collection: CollectionName
+    operation: Literal["count"]
+    filter: dict[str, Any] | None = None
+    version: VersionId | None = None
+
+    def parsed_filter(self) -> Filter | None:
+        return None if self.filter is None else parse_filter(self.filter, "filter")
+
+
+#: Each read operation of the query function and the model of its event ("query" is the default).
+READ_MODELS: dict[str, type[RequestModel]] = {
+    "query": QueryRequest,
+    "fetch": FetchRequest,
+    "list": ListRequest,
+    "count": CountRequest,
+}
+ReadRequest = Annotated[
+    QueryRequest | FetchRequest | ListRequest | CountRequest, Field(discriminator="operation")
+]
+_READ: TypeAdapter[Any] = TypeAdapter(ReadRequest)
+
+
+def parse_read(event: object) -> FetchRequest | ListRequest | CountRequest | QueryRequest:
+    """Validate a read event into the model of its ``operation`` (absent: ``"query"``).
+
+    Query events are parsed by :func:`parse_query` (vectors and filter too); this names the
+    operation's own fields in errors, e.g. ``cursor does not apply to operation 'fetch'``.
+    """
+    _require_object(event)
+    given = cast(dict[str, Any], event)
+    tagged = given if "operation" in given else {**given, "operation": "query"}
+    try:
+        return _READ.validate_python(tagged)
+    except ValidationError as exc:
+        raise to_invalid_request(exc, discriminator="operation", union=READ_MODELS) from None
+
+
+def read_operation(event: object) -> object:
+    """The ``operation`` a query-function event asks for (``"query"`` when it names none)."""
+    return event.get("operation", "query") if isinstance(event, dict) else "query"
+
+
 def _parse(model: type[BaseModel], event: object) -> Any:
     _require_object(event)
     try:
@@ -144,6 +222,17 @@ def _require_object(event: object) -> None:
 
 
 # --------------------------------------------------------------------------- write
+def _export_prefix(value: str) -> str:
+    """An ``s3://bucket/prefix/`` URI (the prefix the export's shards go under)."""
+    try:
+        S3Uri.parse(value, field="destination")
+    except InvalidRequest as exc:
+        raise field_error(exc.problem) from None
+    if not value.endswith("/"):
+        raise field_error("must be a prefix ending in '/'")
+    return value
+
+
 def _item_id(value: Any) -> Any:
     problem = id_problem(value)
     if problem is not None:
@@ -217,18 +306,7 @@ class DeleteRequest(RequestModel):
     @field_validator("ids")
     @classmethod
     def _distinct_ids_of_one_type(cls, ids: list[Any]) -> list[Any]:
-        """Check every id before numpy sees it, then drop repeats (keeping first occurrences)."""
-        for n, ident in enumerate(ids):
-            problem = id_problem(ident)
-            if problem is not None:
-                raise InvalidRequest(f"ids[{n}]", problem)
-            if type(ident) is not type(ids[0]):
-                raise InvalidRequest(
-                    f"ids[{n}]",
-                    f"is {_kind(ident)} but ids[0] is {_kind(ids[0])}; "
-                    "the ids of one request are all strings or all integers",
-                )
-        return list(dict.fromkeys(ids))
+        return distinct_ids(ids, "ids")
 
     def id_array(self) -> np.ndarray:
         """The distinct ids as int64 or unicode."""
@@ -290,6 +368,16 @@ class DropRequest(RequestModel):
     expected_version: VersionId
 
 
+class ExportRequest(RequestModel):
+    """Write a version (default: the live one) to S3 as shards a build reads back (export.py)."""
+
+    collection: CollectionName
+    operation: Literal["export"]
+    destination: Annotated[str, AfterValidator(_export_prefix)]
+    version: VersionId | None = None
+    rows_per_shard: Annotated[int, Field(ge=1, le=MAX_EXPORT_SHARD_ROWS)] | None = None
+
+
 #: Each write operation and the model of its event.
 WRITE_MODELS: dict[str, type[RequestModel]] = {
     "upsert": UpsertRequest,
@@ -301,6 +389,7 @@ WRITE_MODELS: dict[str, type[RequestModel]] = {
     "gc": GcRequest,
     "list_collections": ListCollectionsRequest,
     "drop": DropRequest,
+    "export": ExportRequest,
 }
 WriteRequest = Annotated[
     UpsertRequest
@@ -311,7 +400,8 @@ WriteRequest = Annotated[
     | RollbackRequest
     | GcRequest
     | ListCollectionsRequest
-    | DropRequest,
+    | DropRequest
+    | ExportRequest,
     Field(discriminator="operation"),
 ]
 _WRITE: TypeAdapter[Any] = TypeAdapter(WriteRequest)
@@ -324,6 +414,21 @@ def parse_write(event: object) -> WriteRequest:
         return _WRITE.validate_python(event)
     except ValidationError as exc:
         raise to_invalid_request(exc, discriminator="operation", union=WRITE_MODELS) from None
+
+
+def distinct_ids(ids: list[Any], field: str) -> list[Any]:
+    """Check every id before numpy sees it, then drop repeats (keeping first occurrences)."""
+    for n, ident in enumerate(ids):
+        problem = id_problem(ident)
+        if problem is not None:
+            raise InvalidRequest(f"{field}[{n}]", problem)
+        if type(ident) is not type(ids[0]):
+            raise InvalidRequest(
+                f"{field}[{n}]",
+                f"is {_kind(ident)} but {field}[0] is {_kind(ids[0])}; "
+                "the ids of one request are all strings or all integers",
+            )
+    return list(dict.fromkeys(ids))
 
 
 def _kind(value: object) -> str:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import events
+from .errors import InvalidRequest
 
 if TYPE_CHECKING:
     from .searcher import Searcher
@@ -60,7 +61,13 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
 
 
 def query(event: object, searcher: Searcher) -> dict[str, Any]:
-    """Validate a query event and run it (``mode`` "search" or "classify")."""
+    """Validate a query-function event and run it.
+
+    ``operation`` "query" (the default: ``mode`` "search" or "classify"), or one of the reads
+    that need no search — "fetch", "list", "count" (:mod:`kdbuckets.reading`).
+    """
+    if events.read_operation(event) != "query":
+        return read(events.parse_read(event), searcher.store)
     request, vectors, filt = events.parse_query(event)
     options = {
         "k": request.k,
@@ -103,6 +110,39 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
     return response
 
 
+def read(request: Any, store: ObjectStore) -> dict[str, Any]:
+    """Run a validated fetch, list or count request (a query request is :func:`query`'s)."""
+    from . import reading
+
+    op = request.operation
+    if isinstance(request, events.FetchRequest):
+        result: Any = reading.fetch(
+            store,
+            request.collection,
+            request.ids,
+            include_vectors=request.include_vectors,
+            include_metadata=request.include_metadata,
+            version=request.version,
+        )
+    elif isinstance(request, events.ListRequest):
+        result = reading.list_page(
+            store,
+            request.collection,
+            limit=request.limit,
+            cursor=request.cursor,
+            include_vectors=request.include_vectors,
+            include_metadata=request.include_metadata,
+            version=request.version,
+        )
+    elif isinstance(request, events.CountRequest):
+        result = reading.count(
+            store, request.collection, filter=request.parsed_filter(), version=request.version
+        )
+    else:
+        raise InvalidRequest("operation", f"{op!r} is not a read operation without vectors")
+    return {"operation": op, **result.as_dict()}
+
+
 def write(event: object, store: ObjectStore) -> dict[str, Any]:
     """Validate a write event and apply it; the response names the new (or live) version."""
     from . import admin, gc, versions, writer
@@ -140,6 +180,17 @@ def write(event: object, store: ObjectStore) -> dict[str, Any]:
         }
     if isinstance(request, events.DescribeRequest):
         return {"operation": op, **versions.describe_version(store, collection, request.version)}
+    if isinstance(request, events.ExportRequest):
+        from .export import export
+
+        exported = export(
+            store,
+            collection,
+            request.destination,
+            version=request.version,
+            rows_per_shard=request.rows_per_shard,
+        )
+        return {"operation": op, **exported.as_dict()}
     if isinstance(request, events.RollbackRequest):
         live = versions.rollback(
             store, collection, request.version, expected_head_version=request.expected_version

@@ -250,7 +250,7 @@ def read_source(
         return _read_npy_source(source, metric=metric, reader=reader, dtype=dtype)
     field = "source.jsonl"
     shards = shard_uris(reader, source["jsonl"], field, _JSONL_SUFFIXES)
-    items = _jsonl_items(reader, shards, field, sharded=_is_prefix(source["jsonl"]))
+    items = jsonl_items(reader, shards, field, sharded=_is_prefix(source["jsonl"]))
     return items_to_collection(items, metric=metric, field=field, dtype=dtype)
 
 
@@ -782,7 +782,7 @@ def _id_array(ids: list[Any], field: str) -> np.ndarray:
     raise InvalidRequest(f"{field}[].id", "must be all strings or all integers, not a mix")
 
 
-def _jsonl_items(reader: SourceReader, shards: list[S3Uri], field: str, *, sharded: bool) -> Iterator[Any]:
+def jsonl_items(reader: SourceReader, shards: list[S3Uri], field: str, *, sharded: bool) -> Iterator[Any]:
     """Every item of every shard, in order, parsed line by line as the objects stream in."""
     for uri in shards:
         with _in_shard(uri, sharded):

@@ -35,7 +35,11 @@ INDEX_BUCKET_ARN = {"Fn::GetAtt": ["IndexBucket", "Arn"]}
 #: s3:PutBucketPolicy, s3:RestoreObject, iam:CreateRole, ...); read actions carry none of them.
 MUTATING_ACTION_WORDS = ("Put", "Delete", "Create", "Update", "Write", "Restore", "Replicate", "Abort", "*")
 #: Lint rules a resource may switch off, each with the reason given in template.yaml.
-DOCUMENTED_SUPPRESSIONS = {"WS1004"}  # log group via LoggingConfig.LogGroup (serverless-rules#190)
+#: WS1004: log group via LoggingConfig.LogGroup (serverless-rules#190); ES1001: an SQS event source
+#: mapping takes no DestinationConfig.OnFailure (failed messages go to the queue's RedrivePolicy).
+DOCUMENTED_SUPPRESSIONS = {"WS1004", "ES1001"}
+#: The write function's statements that are not about the index: the write queue and its payloads.
+WRITE_QUEUE_SIDS = ("PayloadObjectsRead", "WriteQueueConsume", "DeadLetterSend")
 SERVERLESS_RULES = "cfn_lint_serverless.rules"
 
 
@@ -238,7 +242,9 @@ def test_build_function_writes_only_under_the_index_prefix(template: dict[str, A
 
 
 def test_write_function_may_only_read_write_delete_and_list_the_index(template: dict[str, Any]) -> None:
-    statements = inline_statements(template, "WriteFunction")
+    statements = [
+        s for s in inline_statements(template, "WriteFunction") if s.get("Sid") not in WRITE_QUEUE_SIDS
+    ]
     actions = {a for s in statements for a in as_list(s["Action"])}
     assert actions == WRITE_S3_ACTIONS, f"expected exactly {WRITE_S3_ACTIONS}, got {actions}"
     for statement in statements:
@@ -250,6 +256,28 @@ def test_write_function_may_only_read_write_delete_and_list_the_index(template: 
             assert as_list(statement["Resource"]) == [expected], (
                 f"WriteFunction: {action} on {statement['Resource']}, expected {expected}"
             )
+
+
+def test_write_function_uses_only_its_own_queues_and_reads_payloads_where_sources_live(
+    template: dict[str, Any],
+) -> None:
+    statements = inline_statements(template, "WriteFunction")
+    by_sid = {s["Sid"]: s for s in statements if s.get("Sid") in WRITE_QUEUE_SIDS}
+    assert set(by_sid) == set(WRITE_QUEUE_SIDS)
+    consume = by_sid["WriteQueueConsume"]
+    assert set(as_list(consume["Action"])) == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    }
+    assert as_list(consume["Resource"]) == [{"Fn::GetAtt": ["WriteQueue", "Arn"]}]
+    assert as_list(by_sid["DeadLetterSend"]["Action"]) == ["sqs:SendMessage"]
+    assert as_list(by_sid["DeadLetterSend"]["Resource"]) == [{"Fn::GetAtt": ["WriteDeadLetterQueue", "Arn"]}]
+    assert as_list(by_sid["PayloadObjectsRead"]["Action"]) == ["s3:GetObject"]
+    source = next(
+        s for s in inline_statements(template, "BuildFunction") if s.get("Sid") == "SourceObjectsRead"
+    )
+    assert by_sid["PayloadObjectsRead"]["Resource"] == source["Resource"]
 
 
 def test_write_function_deletes_only_under_the_index_prefix(template: dict[str, Any]) -> None:

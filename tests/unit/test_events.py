@@ -342,7 +342,8 @@ def test_an_integer_replicate_is_a_fraction() -> None:
 def test_build_event_params_hold_only_the_build_knobs() -> None:
     request = parse_build({**BUILD, "bucket_size": 7, "replace": True})
     assert request.params() == BuildParams(bucket_size=7)
-    assert set(request.params().as_dict()) == set(BuildParams.model_fields)
+    assert set(request.params().as_dict()) == set(BuildParams.model_fields) - {"part_buckets"}  # unset
+    assert parse_build({**BUILD, "part_buckets": 64}).params().as_dict()["part_buckets"] == 64
 
 
 def test_build_over_a_live_version_may_name_it_or_replace_whatever_is_live() -> None:
@@ -387,7 +388,7 @@ def test_gc_gets_its_defaults() -> None:
     ("event", "field", "owners"),
     [
         (write("compact", ids=[1]), "ids", "'delete'"),
-        (write("versions", version=GOOD_VERSION), "version", "'describe', 'rollback'"),
+        (write("versions", version=GOOD_VERSION), "version", "'describe', 'rollback', 'export'"),
         (write("delete", ids=[1], items=[item()]), "items", "'upsert'"),
         (write("rollback", version=GOOD_VERSION, keep_last=2), "keep_last", "'gc'"),
         (
