@@ -487,17 +487,17 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
     parser.add_argument(
         "--only",
-        choices=["startup", "recall_k", "distributed"],
+        choices=["startup", "recall_k", "distributed", "hierarchy"],
         help="measure one section and replace just that section of an existing REPORT.md",
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
-        if args.only == "distributed":
-            from bench import distributed
+        if args.only in ("distributed", "hierarchy"):
+            import importlib
 
-            section = distributed.measure_section()
+            section = importlib.import_module(f"bench.{args.only}").measure_section()
         else:
             section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
         replace_section(out / "REPORT.md", args.only, section)
@@ -547,6 +547,9 @@ def main() -> None:
     command = "make bench" + (" (--quick)" if args.quick else "")
     report(results, extras, plots, out, command, startup)
     replace_section(out / "REPORT.md", "recall_k", recall_k.measure_section())
+    from bench import hierarchy
+
+    replace_section(out / "REPORT.md", "hierarchy", hierarchy.measure_section())
     print(f"wrote {out / 'REPORT.md'}")
 
 

@@ -129,11 +129,20 @@ def curves_from_ranks(
     return out
 
 
+#: Longest stored curve: the root of every manifest carries ~10 curves, and a query never
+#: asks for more probes than a filter may widen to (searcher.MAX_FILTER_PROBES).
+MAX_CURVE = 1024
+
+
 def _curve(first: np.ndarray, nb: int) -> list[float]:
-    """Cumulative share of ``first`` (bucket positions) below 1, 2, …; cut after it reaches 1.0."""
+    """Cumulative share of ``first`` (bucket positions) below 1, 2, …; cut after it reaches 1.0.
+
+    At most :data:`MAX_CURVE` points: a target the curve has not reached by then is read as
+    "every bucket" (:func:`probes_for`), so cutting can only make a query read more, never less.
+    """
     reached = np.round(np.bincount(first.ravel(), minlength=nb).cumsum() / first.size, 4)
     last = int(np.searchsorted(reached, 1.0)) + 1  # the curve is flat at 1.0 after this
-    return reached[:last].tolist()
+    return reached[: min(last, MAX_CURVE)].tolist()
 
 
 def curves_by_k(calibration: dict[str, Any] | None) -> dict[int, list[float]]:

@@ -7,11 +7,12 @@ per group of buckets, holding those buckets' fingerprints, sizes, rows and centr
 reads the root, routes to its :data:`ROUTE_PARTS` nearest parts, reads those parts (one
 parallel round) and ranks only their buckets.
 
-Parts are subtrees of the k-d tree with at most ``part_buckets`` leaves, cut top-down: a cell
-of the tree is spatially compact, so the buckets a query needs cluster in few parts, and a
-write that splits a bucket (the leaf becomes a node with two leaves) changes only the part
-that holds it — every other part keeps its bytes, its fingerprint and its object. The
-grouping is a pure function of the tree, so it is never stored twice and never disagrees.
+Parts start as subtrees of the k-d tree with at most ``part_buckets`` leaves, cut top-down,
+and are then refined by a few Lloyd iterations over the bucket centroids (weighted by rows):
+Lloyd refinement moves a bucket's centroid away from its tree cell, and a part is only worth
+routing to if its buckets are near each other. The grouping is stored (each part lists its
+buckets) and kept by writes: a bucket a write creates joins the part whose routing centroid
+is nearest, and every other part keeps its bytes, its fingerprint and its object.
 
 ``part_buckets`` 0 means one part: what a single-function build writes (its whole manifest is
 small), so its queries rank exactly as a flat manifest would.
@@ -25,11 +26,14 @@ import numpy as np
 
 from .tree import Tree
 
-#: Parts a query reads in its first tier: its nearest ROUTE_PARTS by routing centroid. Two is
-#: what the WordNet set needs to keep recall at equal probes (bench: --only hierarchy).
-ROUTE_PARTS = 2
+#: Parts a query reads in its first tier: its nearest ROUTE_PARTS by routing centroid. On 200k
+#: clustered vectors in 1,507 buckets, parts of 64: 2 parts need 22 probes for recall 0.95,
+#: 3 need 11, 4 need 10 — one part (the flat ranking) 9 (bench/hierarchy.py).
+ROUTE_PARTS = 4
 #: Smallest part a sized build cuts: below this the root's per-part entries outweigh the saving.
 MIN_PART_BUCKETS = 64
+#: Lloyd iterations over bucket centroids that make parts compact (stops early when stable).
+PART_ITERATIONS = 10
 
 
 def part_buckets_for(n_buckets: int, route_parts: int = ROUTE_PARTS) -> int:
@@ -61,6 +65,40 @@ def group_buckets(tree: Tree, part_buckets: int) -> list[np.ndarray]:
         else:
             stack += [int(tree.right[node]), int(tree.left[node])]  # left popped first
     return parts
+
+
+def refine_groups(
+    groups: list[np.ndarray], centroids: np.ndarray, rows: np.ndarray, iterations: int = PART_ITERATIONS
+) -> list[np.ndarray]:
+    """Lloyd iterations moving each bucket to the part whose routing centroid is nearest.
+
+    Parts that empty out disappear; the result is ordered by each part's smallest bucket.
+    """
+    if len(groups) <= 1:
+        return groups
+    assign = np.empty(len(centroids), np.int64)
+    for i, g in enumerate(groups):
+        assign[g] = i
+    for _ in range(iterations):
+        labels = np.unique(assign)
+        current = [np.flatnonzero(assign == i) for i in labels]
+        routing = routing_centroids(centroids, rows, current)
+        nearest = labels[nearest_rows(centroids, routing)]
+        if np.array_equal(nearest, assign):
+            break
+        assign = nearest
+    out = [np.flatnonzero(assign == i) for i in np.unique(assign)]
+    return sorted(out, key=lambda g: int(g[0]))
+
+
+def nearest_rows(points: np.ndarray, centres: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Index of the nearest row of ``centres`` (squared l2) for each row of ``points``, in blocks."""
+    sq = np.einsum("ij,ij->i", centres, centres)
+    out = np.empty(len(points), np.int64)
+    for start in range(0, len(points), block):
+        p = points[start : start + block]
+        out[start : start + block] = np.argmin(sq[None, :] - 2.0 * (p @ centres.T), axis=1)
+    return out
 
 
 def routing_centroids(centroids: np.ndarray, rows: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:

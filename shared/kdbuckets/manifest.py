@@ -36,7 +36,7 @@ import numpy as np
 from . import codec
 from .distances import METRICS
 from .errors import CorruptObject, InvalidRequest
-from .hierarchy import ROUTE_PARTS, group_buckets, routing_centroids
+from .hierarchy import ROUTE_PARTS, group_buckets, nearest_rows, refine_groups, routing_centroids
 from .layout import is_version
 from .params import BuildParams
 from .tree import Tree
@@ -98,6 +98,9 @@ class Manifest:
     route_parts: int = ROUTE_PARTS
     #: part and tree objects known to exist already (read with this manifest): not re-PUT
     stored: frozenset[str] = frozenset()
+    #: (n_buckets,) part of each bucket as stored (None: not yet grouped — a new build);
+    #: buckets beyond its length (created by a write) join the part nearest their centroid
+    bucket_part: np.ndarray | None = None
 
     @property
     def n_buckets(self) -> int:
@@ -252,9 +255,28 @@ def stored_centroids(centroids: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def part_layout(m: Manifest) -> tuple[list[np.ndarray], np.ndarray]:
-    """The parts ``m`` is stored as (bucket numbers of each) and their routing centroids, as stored."""
-    groups = group_buckets(m.tree, m.part_buckets)
-    routing = routing_centroids(m.buckets.centroids, m.buckets.rows, groups)
+    """The parts ``m`` is stored as (bucket numbers of each) and their routing centroids, as stored.
+
+    A new build groups its buckets (:mod:`kdbuckets.hierarchy`); a version read from storage
+    keeps its grouping, and buckets a write added join the part nearest their centroid.
+    """
+    b = m.buckets
+    if m.bucket_part is None:
+        groups = group_buckets(m.tree, m.part_buckets)
+        groups = refine_groups(groups, b.centroids, b.rows)
+    else:
+        assign = np.full(m.n_buckets, -1, np.int64)
+        known = min(len(m.bucket_part), m.n_buckets)
+        assign[:known] = m.bucket_part[:known]
+        labels = np.unique(assign[assign >= 0])
+        if len(labels) == 0:
+            assign[:] = 0
+        elif known < m.n_buckets:
+            old = [np.flatnonzero(assign == i) for i in labels]
+            routing = routing_centroids(b.centroids, b.rows, old)
+            assign[known:] = labels[nearest_rows(b.centroids[known:], routing)]
+        groups = [np.flatnonzero(assign == i) for i in np.unique(assign)]
+    routing = routing_centroids(b.centroids, b.rows, groups)
     return groups, stored_centroids(routing, m.dtype)
 
 
@@ -360,6 +382,9 @@ def assemble(root: Root, parts: list[Part], tree: Tree, *, key: str, stored: fro
         sizes[p.ids], rows[p.ids], centroids[p.ids] = p.buckets.sizes, p.buckets.rows, p.buckets.centroids
     table = BucketTable(fingerprints, sizes, rows, centroids)
     _check_consistency(key, root.dim, tree, table)
+    bucket_part = np.empty(nb, np.int64)
+    for i, p in enumerate(parts):
+        bucket_part[p.ids] = i
     manifest = Manifest(
         collection=root.collection,
         version=root.version,
@@ -379,10 +404,8 @@ def assemble(root: Root, parts: list[Part], tree: Tree, *, key: str, stored: fro
         part_buckets=root.part_buckets,
         route_parts=root.route_parts,
         stored=stored,
+        bucket_part=bucket_part,
     )
-    groups = group_buckets(tree, root.part_buckets)
-    if [g.tolist() for g in groups] != [p.ids.tolist() for p in parts]:
-        raise CorruptObject(key, "the parts are not the tree's grouping of its buckets")
     return manifest
 
 

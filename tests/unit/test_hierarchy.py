@@ -18,7 +18,7 @@ from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.calibration import read_positions
 from kdbuckets.collection import make_collection
 from kdbuckets.gc import collect_garbage
-from kdbuckets.hierarchy import group_buckets, part_buckets_for
+from kdbuckets.hierarchy import group_buckets, part_buckets_for, refine_groups, routing_centroids
 from kdbuckets.manifest import Root
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
@@ -57,24 +57,38 @@ def brute(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(d, axis=1, kind="stable")[:, :k]
 
 
-def test_parts_are_subtrees_covering_every_bucket_once(hier: Any) -> None:
+def test_parts_start_as_subtrees_and_cover_every_bucket_once(hier: Any) -> None:
     store, _ = hier
     m = catalog.read_live(store, "hier").manifest
-    groups = group_buckets(m.tree, PART_BUCKETS)
-    ids = np.concatenate(groups)
-    assert len(groups) > 10
-    assert sorted(ids.tolist()) == list(range(m.n_buckets))
-    assert max(len(g) for g in groups) <= PART_BUCKETS
+    subtrees = group_buckets(m.tree, PART_BUCKETS)
+    assert max(len(g) for g in subtrees) <= PART_BUCKETS
+    assert sorted(np.concatenate(subtrees).tolist()) == list(range(m.n_buckets))
     root, _ = catalog.load_root(store, "hier", m.version)
     assert isinstance(root, Root)
-    assert root.parts.buckets.tolist() == [len(g) for g in groups]
-    assert len(m.stored) == len(groups) + 1  # every part and the tree
+    assert len(root.parts) > 10
+    assert int(root.parts.buckets.sum()) == m.n_buckets
+    assert m.bucket_part is not None
+    assert np.bincount(m.bucket_part).tolist() == root.parts.buckets.tolist()
+    assert len(m.stored) == len(root.parts) + 1  # every part and the tree
+
+
+def test_lloyd_over_bucket_centroids_makes_parts_compact(hier: Any) -> None:
+    store, _ = hier
+    m = catalog.read_live(store, "hier").manifest
+    c, rows = m.buckets.centroids, m.buckets.rows
+
+    def spread(groups: list[np.ndarray]) -> float:
+        routing = routing_centroids(c, rows, groups)
+        return float(sum(((c[g] - routing[i]) ** 2).sum() for i, g in enumerate(groups)))
+
+    subtrees = group_buckets(m.tree, PART_BUCKETS)
+    assert spread(refine_groups(subtrees, c, rows)) < spread(subtrees)
 
 
 def test_part_size_follows_the_square_root_rule() -> None:
     assert part_buckets_for(100) == 64  # never below the floor
-    assert part_buckets_for(100_000) == 256  # √(100,000 / 2) = 224 → 256
-    assert part_buckets_for(1_000_000) == 1024
+    assert part_buckets_for(100_000) == 256  # √(100,000 / 4) = 158 → 256
+    assert part_buckets_for(1_000_000) == 512  # √(1,000,000 / 4) = 500 → 512
 
 
 def test_a_query_reads_its_first_tier_of_parts_and_ranks_as_calibrated(hier: Any) -> None:
