@@ -27,11 +27,19 @@ def store() -> ObjectStore:
     return ObjectStore(os.environ["INDEX_BUCKET"], os.environ.get("INDEX_PREFIX", ""))
 
 
+def memory_mb(context: LambdaContext) -> int | None:
+    """The function's memory (the build refuses collections it cannot hold), if Lambda tells it."""
+    try:
+        return int(context.memory_limit_in_mb)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
-        response = service.build(event, store())
+        response = service.build(event, store(), memory_mb=memory_mb(context))
     except KdBucketsError as exc:
         logger.warning("build rejected", extra={"error": type(exc).__name__, "reason": str(exc)})
         raise

@@ -20,8 +20,12 @@ if TYPE_CHECKING:
     from .storage import ObjectStore
 
 
-def build(event: object, store: ObjectStore) -> dict[str, Any]:
-    """Validate a build event, read its source, build and publish. Response per DESIGN §4."""
+def build(event: object, store: ObjectStore, *, memory_mb: int | None = None) -> dict[str, Any]:
+    """Validate a build event, read its source, build and publish. Response per DESIGN §4.
+
+    ``memory_mb`` (the function's memory) refuses, before reading it, a collection one build
+    cannot hold, naming the state machine that can.
+    """
     from .builder import build_index
     from .sources import StoreReader, read_source
 
@@ -33,6 +37,7 @@ def build(event: object, store: ObjectStore) -> dict[str, Any]:
         metric=params.metric,
         dtype=params.dtype,
         reader=StoreReader(store),  # ranged GETs into one preallocated matrix; prefixes = shards
+        memory_mb=memory_mb,
     )
     read_ms = round((time.perf_counter() - started) * 1000.0, 1)
     result = build_index(

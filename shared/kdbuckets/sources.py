@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .capacity import check_fits, max_vector_bytes
 from .collection import MAX_DIM, Collection, check_vectors, id_problem, make_collection
 from .errors import InvalidRequest, SourceError
 from .metadata import validate_metadata
@@ -222,8 +223,13 @@ def read_source(
     fetch: Fetch | None = None,
     dtype: str = "float32",
     reader: SourceReader | None = None,
+    memory_mb: int | None = None,
 ) -> Collection:
     """Dispatch on the source's shape and read it through ``reader`` (or ``fetch``).
+
+    ``memory_mb`` (the build function's memory) refuses a collection one build cannot hold
+    (:func:`kdbuckets.capacity.check_fits`): a ``.npy`` source from its headers, before any
+    row is read; a JSON Lines one as soon as its rows pass the limit.
 
     ``reader`` (the build handler passes a :class:`StoreReader`) reads in chunks and lists
     prefixes; ``fetch`` reads one S3 object's bytes whole and serves single-object sources.
@@ -247,11 +253,27 @@ def read_source(
             raise TypeError("read_source needs a reader or a fetch")
         reader = FetchReader(fetch)
     if kinds[0] == "vectors":
-        return _read_npy_source(source, metric=metric, reader=reader, dtype=dtype)
+        return _read_npy_source(source, metric=metric, reader=reader, dtype=dtype, memory_mb=memory_mb)
     field = "source.jsonl"
     shards = shard_uris(reader, source["jsonl"], field, _JSONL_SUFFIXES)
     items = jsonl_items(reader, shards, field, sharded=_is_prefix(source["jsonl"]))
-    return items_to_collection(items, metric=metric, field=field, dtype=dtype)
+    return items_to_collection(_fitting(items, memory_mb, field), metric=metric, field=field, dtype=dtype)
+
+
+def _fitting(items: Iterator[Any], memory_mb: int | None, field: str) -> Iterator[Any]:
+    """``items``, refused (:func:`capacity.check_fits`) once more arrive than a build can hold."""
+    if memory_mb is None:
+        yield from items
+        return
+    limit: int | None = None
+    for count, item in enumerate(items, start=1):
+        if limit is None:
+            vector = item.get("vector") if isinstance(item, dict) else None
+            dim = len(vector) if isinstance(vector, list) and vector else 1
+            limit = max_vector_bytes(memory_mb) // (4 * dim)
+        if count > limit:
+            check_fits(count, dim, memory_mb, field)
+        yield item
 
 
 def _is_prefix(uri: object) -> bool:
@@ -405,7 +427,9 @@ def read_npy_rows(reader: SourceReader, header: NpyHeader, field: str) -> Iterat
             yield start, np.frombuffer(body, dtype=header.dtype).reshape(-1, d)
 
 
-def _read_npy_source(source: dict[str, Any], *, metric: str, reader: SourceReader, dtype: str) -> Collection:
+def _read_npy_source(
+    source: dict[str, Any], *, metric: str, reader: SourceReader, dtype: str, memory_mb: int | None = None
+) -> Collection:
     sharded = _is_prefix(source["vectors"])
     for name in ("ids", "labels"):
         if source.get(name) is not None and _is_prefix(source[name]) != sharded:
@@ -415,7 +439,9 @@ def _read_npy_source(source: dict[str, Any], *, metric: str, reader: SourceReade
                 "so that its shards pair with the vectors shards",
             )
     shards = shard_uris(reader, source["vectors"], "source.vectors", _NPY_SUFFIXES)
-    vectors = _read_npy_vectors(reader, shards, sharded=sharded, metric=metric, dtype=dtype)
+    vectors = _read_npy_vectors(
+        reader, shards, sharded=sharded, metric=metric, dtype=dtype, memory_mb=memory_mb
+    )
     rows = [len(v) for v in vectors.shards]
     arrays: dict[str, np.ndarray | None] = {}
     for name in ("ids", "labels"):
@@ -442,7 +468,13 @@ class _Vectors:
 
 
 def _read_npy_vectors(
-    reader: SourceReader, shards: list[S3Uri], *, sharded: bool, metric: str, dtype: str
+    reader: SourceReader,
+    shards: list[S3Uri],
+    *,
+    sharded: bool,
+    metric: str,
+    dtype: str,
+    memory_mb: int | None = None,
 ) -> _Vectors:
     """Every shard's rows, checked chunk by chunk, into one preallocated float32 matrix."""
     field = "source.vectors"
@@ -467,6 +499,7 @@ def _read_npy_vectors(
                 )
         headers.append(header)
     bounds = np.cumsum([0] + [h.rows for h in headers]).tolist()
+    check_fits(bounds[-1], headers[0].shape[1], memory_mb, field)
     matrix = np.empty((bounds[-1], headers[0].shape[1]), dtype=np.float32)
     for header, first in zip(headers, bounds, strict=False):
         with _in_shard(header.uri, sharded):

@@ -7,6 +7,7 @@ fingerprint.
 
 from __future__ import annotations
 
+import copy
 import json
 from types import ModuleType
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from devtools import local
 from kdbuckets import layout
 from kdbuckets.bucket import decode_bucket
-from kdbuckets.errors import Conflict
+from kdbuckets.errors import Conflict, InvalidRequest
 from kdbuckets.manifest import decode_head
 from tests.conftest import read_manifest
 
@@ -227,3 +228,27 @@ def test_a_build_event_over_an_existing_collection_needs_replace_or_expected_ver
     assert {o["Key"] for o in s3.list_objects_v2(Bucket=INDEX).get("Contents", [])} == before
     pinned = {**load_event("build_inline.json"), "expected_version": first["version"]}
     assert build_handler.lambda_handler(pinned, lambda_context)["version"] != first["version"]
+
+
+@pytest.mark.parametrize(
+    ("event_file", "field"), [("build_npy.json", "source.vectors"), ("build_jsonl.json", "source.jsonl")]
+)
+def test_a_collection_the_function_cannot_hold_is_refused_naming_the_state_machine(
+    s3: Any,
+    build_handler: ModuleType,
+    lambda_context: Any,
+    load_event: Any,
+    upload_sample: Any,
+    event_file: str,
+    field: str,
+) -> None:
+    upload_sample(s3)
+    small = copy.copy(lambda_context)
+    small.memory_limit_in_mb = 180  # (0.9 × 180 − 157) MB / 2.07 ≈ 2.5 MB of float32: a few thousand rows
+
+    with pytest.raises(InvalidRequest) as refused:
+        build_handler.lambda_handler(load_event(event_file), small)
+
+    assert refused.value.field == field
+    assert "state machine" in str(refused.value)
+    assert not s3.list_objects_v2(Bucket=local.INDEX_BUCKET).get("Contents")  # nothing written
