@@ -30,6 +30,7 @@ import boto3
 import numpy as np
 
 from devtools import local
+from kdbuckets import distances
 
 EVENTS = local.REPO / "events"
 FUNCTIONS = local.REPO / "functions"
@@ -249,6 +250,57 @@ def run_classify(query: Handler, sample: local.Sample) -> None:
     print(stats_line(response["stats"]))
 
 
+#: "man is to king as woman is to ?" on WordNet: the synsets of man (adult male), king (male
+#: sovereign) and woman (adult female); queen (female sovereign) is the hoped-for answer.
+WORDNET_ANALOGY = ("wn30-10287213-n", "wn30-10231515-n", "wn30-10787470-n")
+WORDNET_HOPED = "wn30-10499355-n"
+
+
+def analogy_term(sample: local.Sample, ident: str) -> str | list[float]:
+    """An analogy term as its id when indexed, else as its vector (a held-out synset)."""
+    if ident in set(sample.ids.tolist()):
+        return ident
+    return sample.queries[sample.query_ids.tolist().index(ident)].tolist()
+
+
+def run_analogy(query: Handler, sample: local.Sample) -> None:
+    """``analogy``: b − a + c by stored ids; real synsets on WordNet, a constructed one otherwise.
+
+    Printed as it comes out: sentence embeddings of definitions are not word vectors, so the
+    classic answer is not guaranteed; the line after the hits says whether it was found.
+    """
+    real = all(i in sample.texts for i in WORDNET_ANALOGY)
+    if real:
+        a, b, c = WORDNET_ANALOGY
+        terms = {"a": analogy_term(sample, a), "b": analogy_term(sample, b), "c": analogy_term(sample, c)}
+        names = " : ".join(repr(clip(sample.texts[i], 40)) for i in (a, b, c))
+        section(f"Analogy   a : b :: c : ?   ({names})")
+    else:
+        a, b, c = (str(sample.ids[r]) for r in (0, 1, 2))
+        terms = {"a": a, "b": b, "c": c}
+        section(f"Analogy   {a} : {b} :: {c} : ?   (synthetic: three stored rows, answer checked exactly)")
+    request = {"collection": local.COLLECTION, "analogy": terms, "k": 5}
+    response = query(request)
+    hits = response["results"][0]
+    for rank, hit in enumerate(hits, 1):
+        text = clip(sample.texts.get(str(hit["id"]), ""), 50)
+        label = hit["label"] or "-"
+        print(f"  {rank:>2} {hit['distance']:>8.4f}  {label:<18} {hit['id']!s:<16} {text}".rstrip())
+    got = [str(h["id"]) for h in hits]
+    if real:
+        where = f"at rank {got.index(WORDNET_HOPED) + 1}" if WORDNET_HOPED in got else "not in the top 5"
+        print(f"queen (female sovereign, {WORDNET_HOPED}) is {where}")
+    else:
+        v = distances.prepare(sample.vectors, "cosine").astype(np.float64)
+        row = {str(i): n for n, i in enumerate(sample.ids.tolist())}
+        target = v[row[b]] - v[row[a]] + v[row[c]]
+        sims = v @ (target / np.linalg.norm(target))
+        sims[[row[a], row[b], row[c]]] = -np.inf
+        best = str(sample.ids[int(np.argmax(sims))])
+        print(f"exact answer by brute force: {best} — the index returned {got[0]} first")
+    print(stats_line(response["stats"]))
+
+
 def exact_neighbours(sample: local.Sample, k: int) -> list[set[str]]:
     """Per held-out query, the ids of its k nearest indexed vectors by cosine, by brute force.
 
@@ -394,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         query = load_handler("query")
         run_query(query, sample)
         run_classify(query, sample)
+        run_analogy(query, sample)
         bucket_bytes = index_bytes(s3, local.COLLECTION) / build_response["buckets"]
         run_recall(query, sample, build_response, bucket_bytes)
         run_error(query)

@@ -347,6 +347,8 @@ def _make_plan(
     top = with_basis(top, basis)
     _, centroids = lloyd(sample, leaf_of_row, top.n_leaves, iterations=params.refine, seed=params.seed)
     return {
+        # rows whose two nearest partition centroids are within this margin are stored in both
+        "halo_margin": _halo_margin(sample, centroids, request.halo, params),
         "collection": request.collection,
         "version": catalog.new_version(),
         "created_at": catalog.now_iso(),
@@ -373,6 +375,39 @@ def _make_plan(
         # rows whose vectors calibrate recall: the rows calibration.calibrate would pick
         "calibration_rows": codec.pack_array(_calibration_rows(n, params.seed).astype("<i8")),
     }
+
+
+def _halo_margin(
+    sample: np.ndarray, centroids: np.ndarray, share: float, params: BuildParams
+) -> float | None:
+    """The margin (second-nearest minus nearest squared distance) below which ``share`` of rows lie.
+
+    None when there is no halo: a share of 0, one partition, or partitions routed down the top
+    tree (no refinement, no replication: the writer's rule), where a row has one home.
+    """
+    if share <= 0 or len(centroids) < 2 or (params.refine == 0 and params.replicate == 0.0):
+        return None
+    _, margin = _two_nearest(sample, centroids)
+    return float(np.quantile(margin, share))
+
+
+def _two_nearest(
+    vectors: np.ndarray, centroids: np.ndarray, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Second-nearest centroid of every row and its margin over the nearest (squared l2)."""
+    sq = np.einsum("ij,ij->i", centroids, centroids)
+    second = np.empty(len(vectors), np.int64)
+    margin = np.empty(len(vectors), np.float64)
+    for start in range(0, len(vectors), chunk):
+        scores = vectors[start : start + chunk] @ centroids.T
+        scores *= -2.0
+        scores += sq
+        two = np.argpartition(scores, 1, axis=1)[:, :2]
+        s2 = np.take_along_axis(scores, two, axis=1)
+        order = np.argsort(s2, axis=1)
+        second[start : start + chunk] = np.take_along_axis(two, order, axis=1)[:, 1]
+        margin[start : start + chunk] = np.abs(s2[:, 1] - s2[:, 0])
+    return second, margin
 
 
 def _calibration_rows(n: int, seed: int) -> np.ndarray:
@@ -470,10 +505,23 @@ def route(store: ObjectStore, ref: PlanRef, key: str) -> dict[str, Any]:
     global_rows = np.arange(shard["offset"], shard["offset"] + shard["rows"], dtype=np.int64)
     tag = hashlib.sha256(header.etag.encode()).hexdigest()[:16]
     runs: dict[str, str] = {}
-    order = np.argsort(owner, kind="stable")
-    bounds = np.searchsorted(owner[order], np.arange(int(p["partitions"]) + 1))
+    # copy: 0 a row with one home, 1 its home when it also has a halo copy, 2 the halo copy
+    copy = np.zeros(len(vectors), np.int8)
+    halo = np.zeros(0, np.int64)
+    halo_part = np.zeros(0, np.int64)
+    if p.get("halo_margin") is not None:
+        second, margin = _two_nearest(vectors, _arr(p, "centroids", _key(ref, "plan")))
+        halo = np.flatnonzero((margin <= p["halo_margin"]) & (second != owner))
+        halo_part = second[halo]
+        copy[halo] = 1
+    entries = np.concatenate([np.arange(len(vectors)), halo])  # rows, then their halo copies
+    entry_part = np.concatenate([owner, halo_part])
+    entry_copy = np.concatenate([copy, np.full(len(halo), 2, np.int8)])
+    order = np.argsort(entry_part, kind="stable")
+    bounds = np.searchsorted(entry_part[order], np.arange(int(p["partitions"]) + 1))
     for part in range(int(p["partitions"])):
-        rows = order[bounds[part] : bounds[part + 1]]
+        picked = order[bounds[part] : bounds[part + 1]]
+        rows = entries[picked]
         if rows.size == 0:
             continue
         run_key = _key(ref, "runs", f"{part:05d}", f"{index:06d}-{tag}")
@@ -487,6 +535,7 @@ def route(store: ObjectStore, ref: PlanRef, key: str) -> dict[str, Any]:
                 if data.label_codes is None
                 else codec.pack_array(data.label_codes[rows].astype("<i4")),
                 "rows": codec.pack_array(global_rows[rows]),
+                "copy": codec.pack_array(entry_copy[picked]),
             },
         )
         runs[str(part)] = run_key
@@ -602,12 +651,13 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
     params = BuildParams(**p["params"])
     dim = int(p["dim"])
     names = routing["label_names"]
-    vec_parts, id_parts, label_parts, row_parts = [], [], [], []
+    vec_parts, id_parts, label_parts, row_parts, copy_parts = [], [], [], [], []
     for run_key, body in zip(run_keys, store.get_many(run_keys), strict=True):
         run = codec.loads(body, key=run_key)
         vec_parts.append(_arr(run, "vectors", run_key))
         id_parts.append(_unpack_ids(run["ids"], run_key))
         row_parts.append(_arr(run, "rows", run_key))
+        copy_parts.append(_arr(run, "copy", run_key))
         if names is not None:
             routed = _get(store, _routed_key_of(ref, run_key))
             local_names = np.array((routed or {}).get("label_names") or [], dtype=str)
@@ -619,6 +669,7 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
     ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64 if id_kind == "int" else str)
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
     labels = np.concatenate(label_parts) if label_parts else None
+    copy = np.concatenate(copy_parts) if copy_parts else np.zeros(0, np.int8)
     data = Collection(vectors=vectors, ids=ids, label_codes=labels, label_names=names, metadata=None)
     keys = dedup_keys(ids) if len(ids) else np.zeros(0, np.int64)
     if len(vectors) == 0:
@@ -627,9 +678,12 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
         centroids = stored_centroids(_arr(p, "centroids", _key(ref, "plan"))[index : index + 1], params.dtype)
         primary = secondary = np.zeros(0, np.int64)
     else:
-        part = partition_rows(vectors, params)
+        part = partition_rows(vectors, _spill_budget(params, copy))
         tree, leaf_rows, centroids = part.tree, part.leaf_rows, part.centroids
         primary, secondary = part.primary, part.secondary
+        if np.any((copy > 0) & (secondary >= 0)):  # a row with a halo copy is stored twice already
+            secondary = np.where(copy > 0, -1, secondary)
+            leaf_rows = _leaf_rows(primary, secondary, len(leaf_rows))
     table, written, _ = upload_buckets(
         store,
         ref.collection,
@@ -638,7 +692,7 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
         leaf_rows,
         centroids,
         params,
-        keys=keys if params.replicate > 0 else None,
+        keys=keys if params.replicate > 0 or np.any(copy > 0) else None,  # copies dedup by key
     )
     cal = _candidates(store, ref, routing, p, vectors, rows, primary, secondary, params.metric)
     _put(
@@ -652,9 +706,12 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
             "sizes": codec.pack_array(table.sizes.astype("<i8")),
             "bucket_rows": codec.pack_array(table.rows.astype("<i8")),
             "centroids": codec.pack_array(table.centroids.astype("<f4")),
-            "keys": codec.pack_array(keys.astype("<i8")),
-            "primary": codec.pack_array(primary.astype("<i4")),
-            "secondary": codec.pack_array(secondary.astype("<i4")),
+            "keys": codec.pack_array(keys[copy < 2].astype("<i8")),
+            "primary": codec.pack_array(primary[copy < 2].astype("<i4")),
+            "secondary": codec.pack_array(secondary[copy < 2].astype("<i4")),
+            # halo copies: their bucket here is the secondary of a row another partition owns
+            "halo_keys": codec.pack_array(keys[copy == 2].astype("<i8")),
+            "halo_bucket": codec.pack_array(primary[copy == 2].astype("<i4")),
             **cal,
         },
     )
@@ -665,6 +722,33 @@ def build_partition(store: ObjectStore, ref: PlanRef, index: int) -> dict[str, A
         "written": written,
         "reused": False,
     }
+
+
+def _spill_budget(params: BuildParams, copy: np.ndarray) -> BuildParams:
+    """``params`` with the share of rows to spill inside this partition lowered by its halo.
+
+    The collection stores about (1 + replicate) × its rows whatever the halo: each halo copy
+    this partition received replaces a spill, and rows that have a copy elsewhere (which are
+    never spilled again) are left out of the budget.
+    """
+    n = len(copy)
+    halo = int(np.count_nonzero(copy == 2))
+    copied = int(np.count_nonzero(copy > 0))
+    if n == 0 or copied == 0 or params.replicate == 0.0:
+        return params
+    wanted = params.replicate * (n - halo) - halo
+    share = 0.0 if n == copied else min(1.0, max(0.0, wanted / (n - copied)))
+    return params.model_copy(update={"replicate": share})
+
+
+def _leaf_rows(primary: np.ndarray, secondary: np.ndarray, n_leaves: int) -> list[np.ndarray]:
+    """Rows of each bucket, primaries first (as :func:`kdbuckets.partition.partition` orders them)."""
+    spilled = np.flatnonzero(secondary >= 0)
+    owner = np.concatenate([primary, secondary[spilled]])
+    rows = np.concatenate([np.arange(len(primary)), spilled])
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(n_leaves + 1))
+    return [rows[order[bounds[i] : bounds[i + 1]]] for i in range(n_leaves)]
 
 
 def _exact_block(queries: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
@@ -865,6 +949,16 @@ def merge_partitions(p: dict[str, Any], parts: list[dict[str, Any]], ref: PlanRe
             for part, o in zip(parts, offsets, strict=True)
         ]
     )
+    halo_keys = np.concatenate([_arr(part, "halo_keys", key) for part in parts]).astype(np.int64)
+    halo_bucket = np.concatenate(
+        [_arr(part, "halo_bucket", key).astype(np.int64) + o for part, o in zip(parts, offsets, strict=True)]
+    )
+    if len(halo_keys):  # a halo copy is the secondary of the row its home partition owns
+        order = np.argsort(keys, kind="stable")
+        at = order[np.minimum(np.searchsorted(keys[order], halo_keys), len(keys) - 1)]
+        if np.any(keys[at] != halo_keys):
+            raise CorruptObject(key, "a halo copy names a row no partition owns")
+        secondary[at] = halo_bucket
     return Merged(tree, table, (keys, primary, secondary), offsets)
 
 
@@ -949,9 +1043,16 @@ def _calibration(
         ],
         axis=1,
     )
-    order = np.lexsort((rows, dist), axis=1)[:, : ks[-1]]  # nearest first, ties by row
-    truth_primary = np.take_along_axis(prim, order, axis=1)
-    truth_secondary = np.take_along_axis(sec, order, axis=1)
+    order = np.lexsort((rows, dist), axis=1)  # nearest first, ties by row
+    rows, prim, sec = (np.take_along_axis(a, order, axis=1) for a in (rows, prim, sec))
+    # a row with a halo copy is a candidate of two partitions: once, in both of its buckets
+    again = np.zeros(rows.shape, bool)
+    again[:, 1:] = (rows[:, 1:] == rows[:, :-1]) & (rows[:, 1:] >= 0)
+    first = np.flatnonzero(again.ravel()) - 1
+    sec.ravel()[first] = np.where(sec.ravel()[first] < 0, prim.ravel()[first + 1], sec.ravel()[first])
+    keep = np.argsort(again, axis=1, kind="stable")[:, : ks[-1]]
+    truth_primary = np.take_along_axis(prim, keep, axis=1)
+    truth_secondary = np.take_along_axis(sec, keep, axis=1)
     positions = read_positions(queries, manifest, manifest.params.get("ranking", "centroid"))
     return curves_from_ranks(positions, truth_primary, truth_secondary, ks)
 

@@ -30,7 +30,8 @@ class DistributedBuildRequest(BuildParams):
 
     ``partitions`` is how many partitions the plan aims for (None: one per
     :data:`kdbuckets.distributed.ROWS_PER_PARTITION` rows); ``sample`` how many rows it reads
-    to fit the projection and the partition centroids.
+    to fit the projection and the partition centroids; ``halo`` the share of rows, those
+    nearest a partition border, also stored in the neighbouring partition (0: none).
     """
 
     collection: CollectionName
@@ -39,6 +40,7 @@ class DistributedBuildRequest(BuildParams):
     expected_version: VersionId | None = None
     partitions: Annotated[int, Field(ge=1, le=MAX_PARTITIONS)] | None = None
     sample: Annotated[int, Field(ge=1, le=MAX_PLAN_SAMPLE)] = 50_000
+    halo: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
 
     @field_validator("source")
     @classmethod

@@ -90,12 +90,41 @@ class BuildRequest(BuildParams):
         return BuildParams(**self.as_dict())
 
 
+#: Most positive (or negative) examples of one recommend request.
+MAX_EXAMPLES = 100
+#: The ways to give query vectors: exactly one per query event.
+QUERY_INPUTS = ("vectors", "ids", "recommend", "analogy")
+
+
+class RecommendSpec(RequestModel):
+    """Examples (ids or vectors, mixed) to recommend from; see :mod:`kdbuckets.examples`."""
+
+    positive: Annotated[list[Any], Field(min_length=1, max_length=MAX_EXAMPLES)]
+    negative: Annotated[list[Any], Field(default_factory=list, max_length=MAX_EXAMPLES)]
+    strategy: Literal["average_vector", "best_score"] = "average_vector"
+
+
+class AnalogySpec(RequestModel):
+    """ "a is to b as c is to ?" — each an id or a vector."""
+
+    a: Any
+    b: Any
+    c: Any
+
+
 class QueryRequest(RequestModel):
-    """A query event: vectors to search for, how many neighbours, how many buckets to read."""
+    """A query event: what to search for (vectors, stored ids, a recommendation or an
+    analogy — exactly one), how many neighbours, how many buckets to read."""
 
     collection: CollectionName
     operation: Literal["query"] = "query"  # the default read operation (see READ_MODELS)
-    vectors: Annotated[list[Any], Field(min_length=1, max_length=MAX_QUERY_VECTORS)]
+    vectors: Annotated[list[Any], Field(min_length=1, max_length=MAX_QUERY_VECTORS)] | None = None
+    ids: Annotated[list[Any], Field(min_length=1, max_length=MAX_QUERY_VECTORS)] | None = None
+    exclude_self: bool = True
+    recommend: RecommendSpec | None = None
+    analogy: AnalogySpec | None = None
+    group_by: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    group_size: Annotated[int, Field(ge=1, le=MAX_K)] = 1
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
     probes: Annotated[int, Field(ge=1, le=MAX_PROBES)] | None = None
     recall_target: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -109,18 +138,54 @@ class QueryRequest(RequestModel):
 
     @model_validator(mode="after")
     def _one_probe_knob_and_a_response_that_fits(self) -> QueryRequest:
+        given = [name for name in QUERY_INPUTS if getattr(self, name) is not None]
+        if len(given) != 1:
+            problem = "is required" if not given else f"cannot be combined with {', '.join(given[1:])}"
+            raise InvalidRequest(
+                given[0] if given else "vectors",
+                f"{problem}; give exactly one of {', '.join(QUERY_INPUTS)}",
+            )
+        if self.ids is None and "exclude_self" in self.model_fields_set:
+            raise InvalidRequest("exclude_self", "applies only to a query by ids")
         if self.probes is not None and self.recall_target is not None:
             raise InvalidRequest("probes", "cannot be combined with recall_target; give one of them")
-        scoring.check_result_count(len(self.vectors), self.k, include_metadata=self.include_metadata)
+        if self.group_by is None and self.group_size != 1:
+            raise InvalidRequest("group_size", "needs group_by")
+        if self.group_size > self.k:
+            raise InvalidRequest("group_size", f"must be at most k ({self.k}), got {self.group_size}")
+        if self.group_by is not None and self.mode == "classify":
+            raise InvalidRequest("group_by", "does not apply to mode 'classify'")
+        if self.recommend is not None and self.recommend.strategy == "best_score" and self.group_by:
+            raise InvalidRequest("group_by", "does not apply to recommend strategy 'best_score'")
+        nq = len(self.vectors or self.ids or [None])
+        scoring.check_result_count(nq, self.k * self.group_size, include_metadata=self.include_metadata)
         return self
+
+    @field_validator("ids")
+    @classmethod
+    def _distinct_query_ids(cls, ids: list[Any] | None) -> list[Any] | None:
+        return None if ids is None else distinct_ids(ids, "ids")
+
+    def spec(self) -> Any:
+        """What to search for by example (``examples.ByIds`` / ``Recommend`` / ``Analogy``), or None."""
+        from . import examples
+
+        if self.ids is not None:
+            return examples.ByIds(self.ids, self.exclude_self)
+        if self.recommend is not None:
+            r = self.recommend
+            return examples.Recommend(r.positive, r.negative, r.strategy)
+        if self.analogy is not None:
+            return examples.Analogy(self.analogy.a, self.analogy.b, self.analogy.c)
+        return None
 
     def parsed_filter(self) -> Filter | None:
         """The metadata filter, validated (errors name e.g. ``filter.year.$gte``)."""
         return None if self.filter is None else parse_filter(self.filter, "filter")
 
-    def matrix(self) -> np.ndarray:
-        """Query vectors as float32 (nq, d); non-numeric or ragged input names the element."""
-        return vector_matrix(self.vectors, field="vectors")
+    def matrix(self) -> np.ndarray | None:
+        """Query vectors as float32 (nq, d) (None when the query is by example)."""
+        return None if self.vectors is None else vector_matrix(self.vectors, field="vectors")
 
 
 def parse_build(event: object) -> BuildRequest:
@@ -128,8 +193,9 @@ def parse_build(event: object) -> BuildRequest:
     return _parse(BuildRequest, event)
 
 
-def parse_query(event: object) -> tuple[QueryRequest, np.ndarray, Filter | None]:
-    """Validate a query event; returns the request, its vectors (nq, d) float32 and its filter."""
+def parse_query(event: object) -> tuple[QueryRequest, np.ndarray | None, Filter | None]:
+    """Validate a query event; returns the request, its vectors (nq, d) float32 (None for a
+    query by example: ``request.spec()``) and its filter."""
     request = _parse(QueryRequest, event)
     return request, request.matrix(), request.parsed_filter()
 

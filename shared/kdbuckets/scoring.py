@@ -16,12 +16,14 @@ a bucket's size, never on ``nq × probes × k`` or ``nq × k × d``:
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import distances
-from .bucket import Bucket
+from .bucket import Bucket, dedup_keys
 from .errors import InvalidRequest
 
 #: Largest ``len(vectors) × k`` of one request: bounds both the work and the response, which
@@ -102,13 +104,17 @@ class TopK:
     """
 
     #: ranking state, carried through every merge
-    _CORE = ("score", "ref", "key", "has_key", "valid")
+    _CORE = ("score", "ref", "key", "has_key", "valid", "group")
     #: filled by resolve() while the candidate's bucket is held; carried only once resolved
     _RESOLVED = ("resolved", "exact", "label", "ids", "meta")
 
-    def __init__(self, nq: int, k: int) -> None:
+    def __init__(self, nq: int, k: int, grouping: Grouping | None = None) -> None:
         self.k = k
+        #: with ``grouping``, at most ``group_size`` candidates per group value are kept (a
+        #: candidate with that many better ones in its group can never be returned)
+        self.grouping = grouping
         shape = (nq, k)
+        self.group = np.full(shape, -1, np.int64)  # group code (Grouping.codes), -1 = none
         self.score = np.full(shape, np.inf)  # float64: base + delta, see distances.selection
         self.ref = np.zeros(shape, np.int64)  # bucket << 32 | row
         self.key = np.zeros(shape, np.int64)
@@ -132,6 +138,13 @@ class TopK:
         """Number of candidates held for each query of ``rows``."""
         return self.valid[rows].sum(axis=1)
 
+    def groups_found(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Number of distinct group values among the candidates held for each query of ``rows``."""
+        codes = np.sort(np.where(self.valid[rows], self.group[rows], -1), axis=1)
+        first = np.ones(codes.shape, bool)
+        first[:, 1:] = codes[:, 1:] != codes[:, :-1]
+        return (first & (codes >= 0)).sum(axis=1)
+
     def merge(
         self,
         rows: np.ndarray,
@@ -142,6 +155,7 @@ class TopK:
         key: np.ndarray,
         has_key: np.ndarray,
         valid: np.ndarray,
+        group: np.ndarray | None = None,
     ) -> None:
         """Merge new candidates (len(rows), m) into the running top k of the queries ``rows``.
 
@@ -156,6 +170,7 @@ class TopK:
             "key": key,
             "has_key": has_key,
             "valid": valid,
+            "group": np.int64(-1) if group is None else group,
         }
         cat = {
             f: np.concatenate([getattr(self, f)[rows], np.broadcast_to(new[f], (n, m))], axis=1)
@@ -174,6 +189,8 @@ class TopK:
         dup[1:] = s_valid[1:] & s_valid[:-1] & (s_keyed[1:] == s_keyed[:-1]) & (s_ident[1:] == s_ident[:-1])
         dup[base.ravel()] = False  # a row's first entry has no predecessor in that row
         valid.ravel()[order] = s_valid & ~dup
+        if self.grouping is not None:
+            _cap_groups(cat["group"], cat["score"], cat["ref"], valid, self.grouping.size)
         best = (np.lexsort((cat["ref"], cat["score"], ~valid), axis=-1)[:, : self.k] + base).ravel()
         for f in self._CORE:
             getattr(self, f)[rows] = cat[f].ravel()[best].reshape(n, self.k)
@@ -227,9 +244,103 @@ class TopK:
             dist = np.maximum(dist, 0.0)
         labels = np.where(self.valid, self.label, -1).astype(np.int32)
         labels = np.take_along_axis(labels, order, axis=1)
+        #: group code of each returned candidate, in the same order (-1 where missing)
+        self.finished_groups = np.take_along_axis(np.where(self.valid, self.group, -1), order, axis=1)
         ids = np.take_along_axis(np.where(self.valid, self.ids, None), order, axis=1).tolist()
         meta = np.take_along_axis(np.where(self.valid, self.meta, None), order, axis=1).tolist()
         return dist, ids, labels, meta
+
+
+def _cap_groups(group: np.ndarray, score: np.ndarray, ref: np.ndarray, valid: np.ndarray, size: int) -> None:
+    """Invalidate (in place) every candidate with ``size`` better valid ones of its group, per row."""
+    n, width = group.shape
+    base = (np.arange(n) * width)[:, None]
+    order = (np.lexsort((ref, score, group, ~valid), axis=-1) + base).ravel()
+    g, v = group.ravel()[order], valid.ravel()[order]
+    start = np.ones(order.shape, bool)
+    start[1:] = (g[1:] != g[:-1]) | (v[1:] != v[:-1])
+    start[base.ravel()] = True
+    idx = np.arange(order.size)
+    run_start = np.maximum.accumulate(np.where(start, idx, 0))
+    valid.ravel()[order] = v & (idx - run_start < size)
+
+
+@dataclass
+class Exclusion:
+    """Dedup keys each query must never return: ``keys`` (nq, e) int64, ``mask`` (nq, e) bool.
+
+    Excluded candidates are dropped before they enter the top k (each bucket offers e more
+    candidates per query instead), so a query still gets k results when the data has them.
+    """
+
+    keys: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def of(cls, per_query: list[list[int]]) -> Exclusion:
+        """From a list (one per query) of keys to exclude."""
+        width = max(1, max((len(k) for k in per_query), default=0))
+        keys = np.zeros((len(per_query), width), np.int64)
+        mask = np.zeros((len(per_query), width), bool)
+        for i, ks in enumerate(per_query):
+            keys[i, : len(ks)] = ks
+            mask[i, : len(ks)] = True
+        return cls(keys, mask)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.sum(axis=1).max(initial=0))
+
+    def hits(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """(len(queries), m) bool: which candidate ``keys`` (len(queries), m) are excluded."""
+        ek, em = self.keys[queries], self.mask[queries]
+        return ((keys[:, :, None] == ek[:, None, :]) & em[:, None, :]).any(axis=2)
+
+
+class Grouping:
+    """Results grouped by one metadata key: codes for its values, seen in this request.
+
+    A row without the key belongs to no group and is never returned by a grouped search. A
+    value is compared as its canonical JSON (a list of tags is one value).
+    """
+
+    def __init__(self, key: str, size: int) -> None:
+        self.key = key
+        self.size = size
+        self.values: list[Any] = []
+        self._codes: dict[str, int] = {}
+
+    def codes(self, bucket: Bucket, rows: np.ndarray) -> np.ndarray:
+        """Group code of each candidate ``rows`` (any shape) of ``bucket``; -1 without the key.
+
+        Only candidates are decoded (at most the pool width per query and bucket).
+        """
+        out = np.full(rows.shape, -1, np.int64)
+        if bucket.metadata is None or bucket.metadata.column(self.key) is None:
+            return out
+        flat = rows.ravel()
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        codes = np.full(uniq.shape, -1, np.int64)
+        for j, meta in enumerate(bucket.metadata.take(uniq)):
+            if meta is not None and self.key in meta:
+                text = json.dumps(meta[self.key], sort_keys=True)
+                code = self._codes.get(text)
+                if code is None:
+                    code = self._codes[text] = len(self.values)
+                    self.values.append(meta[self.key])
+                codes[j] = code
+        return codes[inverse].reshape(rows.shape)
+
+
+def candidate_keys(bucket: Bucket, rows: np.ndarray) -> np.ndarray:
+    """Dedup key of each candidate ``rows`` (any shape): stored, or derived from the ids."""
+    if bucket.keys is not None:
+        return bucket.keys[rows]
+    if bucket.ids.ints is not None:
+        return bucket.ids.ints[rows]
+    flat = rows.ravel()
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    return dedup_keys(np.array(bucket.ids.take(uniq), dtype=str))[inverse].reshape(rows.shape)
 
 
 def _objects(values: list[Any]) -> np.ndarray:
@@ -249,8 +360,12 @@ def score_bucket(
     metric: str,
     centroid: np.ndarray,
     mask: np.ndarray | None = None,
+    exclude: Exclusion | None = None,
 ) -> None:
     """Score bucket ``index`` against the prepared queries ``rows`` and merge into ``top``.
+
+    ``exclude`` names per query the keys never to return: each query takes as many more
+    candidates from the bucket as it may exclude, so its top k is complete without them.
 
     ``mask`` (bool per bucket row) keeps only the rows a metadata filter accepts; only those
     are scored. ``centroid`` (the manifest's, near the bucket's rows) is the centre scores are
@@ -274,7 +389,7 @@ def score_bucket(
     else:
         sq_norms = sq if subset is None else sq[subset]
     n = vectors.shape[0]
-    kk = min(top.k, n)
+    kk = min(top.k + (exclude.width if exclude is not None else 0), n)
     radius = float(np.sqrt(np.max(sq_norms, initial=0.0, where=np.isfinite(sq_norms))))
     keys = bucket.keys
     step = max(1, BLOCK_SCORES // n)
@@ -300,6 +415,13 @@ def score_bucket(
         # buckets' float32 scores carry different rounding, which may exceed a small gap.
         score = _exact_scores(queries[block], bucket.vectors, row, metric)
         shape = score.shape
+        valid = np.ones(shape, bool)
+        if exclude is not None:
+            valid &= ~exclude.hits(block, candidate_keys(bucket, row))
+        group = None
+        if top.grouping is not None:
+            group = top.grouping.codes(bucket, row)
+            valid &= group >= 0
         top.merge(
             block,
             score=score,
@@ -307,7 +429,8 @@ def score_bucket(
             row=row,
             key=keys[row] if keys is not None else np.broadcast_to(np.int64(0), shape),
             has_key=np.broadcast_to(keys is not None, shape),
-            valid=np.broadcast_to(True, shape),
+            valid=valid,
+            group=group,
         )
 
 

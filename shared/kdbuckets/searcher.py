@@ -21,7 +21,7 @@ from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
 from .collection import check_vectors
 from .errors import CollectionNotFound, CorruptObject, InvalidRequest, KdBucketsError
-from .filters import Filter
+from .filters import AllOf, Filter, parse_filter
 from .manifest import Head, Manifest, Part, Root
 from .storage import NotFound, ObjectStore
 from .views import RoutedView, View, in_memory, view_of
@@ -64,6 +64,11 @@ class QueryStats:
     complete: list[bool] = field(default_factory=list)
     #: "strong" or "eventual" for queries of the live version, "pinned" for a given version
     consistency: str = "strong"
+    #: GETs and bytes spent resolving examples given by id (id directory, their buckets,
+    #: the pinned manifest); included in s3_gets, and in buckets_fetched / bytes_fetched
+    #: for the examples' buckets and id-directory shards
+    example_gets: int = 0
+    example_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "complete": list(self.complete)}
@@ -85,6 +90,9 @@ class SearchResult:
     label_names: list[str] | None
     stats: QueryStats = field(default_factory=QueryStats)
     metadata: list[list[dict[str, Any] | None]] = field(default_factory=list)
+    #: with ``group_by``: per query, (group value, positions in that query's results) of up to
+    #: k groups, best group first; the results hold exactly the grouped hits, nearest first
+    groups: list[list[tuple[Any, list[int]]]] | None = None
 
     def labels(self) -> list[list[str | None]]:
         names = self.label_names
@@ -242,8 +250,14 @@ class Searcher:
         filter: Filter | None = None,
         max_probes: int | None = None,
         consistency: str = DEFAULT_CONSISTENCY,
+        group_by: str | None = None,
+        group_size: int = 1,
     ) -> SearchResult:
         """k nearest neighbours of each row of ``queries`` (nq, d).
+
+        With ``group_by`` (a metadata key), up to k groups of at most ``group_size`` hits
+        each, by the key's value, best group first; reading widens as with a filter until k
+        groups are found (rows without the key belong to no group).
 
         ``probes`` buckets are read per query; or, with ``recall_target``, as many as the
         build-time calibration says reach that recall@k for this ``k``. With neither, the target is
@@ -265,7 +279,17 @@ class Searcher:
             stats,
             consistency,
             lambda m: self._search(
-                m, queries, k, probes, recall_target, ranking, stats, started, filter, max_probes
+                m,
+                queries,
+                k,
+                probes,
+                recall_target,
+                ranking,
+                stats,
+                started,
+                filter,
+                max_probes,
+                grouping=_grouping(group_by, group_size, k),
             ),
         )
 
@@ -312,6 +336,51 @@ class Searcher:
         return view.global_ids[lists] if isinstance(view, RoutedView) else lists
 
     # -- internals -------------------------------------------------------------------------
+    def _refine_groups(
+        self,
+        stored: Manifest | Root,
+        q: np.ndarray,
+        first: SearchResult,
+        k: int,
+        probes: int,
+        ranking: str | None,
+        stats: QueryStats,
+        started: float,
+        filter: Filter | None,
+        exclude: scoring.Exclusion | None,
+        grouping: scoring.Grouping,
+    ) -> SearchResult:
+        """Fill each chosen group with its best ``group_size`` hits: a second pass per query.
+
+        The first pass picks the k groups (a group's best hit always survives its pool of
+        k × group_size) but may have dropped later members of a group behind better hits of
+        other groups. Restricted to the chosen values (``$in``), only k groups compete for
+        the pool, so it holds each one's best ``group_size`` among the buckets read. The
+        buckets are the first pass's, from the cache (no new GETs while they fit it).
+        """
+        groups = first.groups or []
+        out = first
+        kept = (stats.probes, list(stats.complete))
+        for i, chosen in enumerate(groups):
+            values = [value for value, _ in chosen]
+            if not values or any(isinstance(v, list | dict) for v in values):
+                continue  # a list value has no $in form; keep the first pass's members
+            clause = parse_filter({grouping.key: {"$in": values}}, "group_by")
+            both = clause if filter is None else AllOf((filter, clause))
+            one = (
+                None
+                if exclude is None
+                else scoring.Exclusion(exclude.keys[i : i + 1], exclude.mask[i : i + 1])
+            )
+            sub = scoring.Grouping(grouping.key, grouping.size)
+            again = self._search(
+                stored, q[i : i + 1], k, probes, None, ranking, stats, started, both, probes, one, sub, True
+            )
+            if again.groups and len(again.groups[0]) >= len(chosen):
+                out = _replace_row(out, i, again)
+        stats.probes, stats.complete = kept
+        return out
+
     def _run(
         self, collection: str, version: str | None, stats: QueryStats, consistency: str, work: Any
     ) -> Any:
@@ -362,8 +431,15 @@ class Searcher:
         started: float,
         filter: Filter | None = None,
         max_probes: int | None = None,
+        exclude: scoring.Exclusion | None = None,
+        grouping: scoring.Grouping | None = None,
+        refining: bool = False,
     ) -> SearchResult:
         """Streaming exact k-NN over each query's best buckets, widened where a query is short.
+
+        ``exclude``: keys each query never returns (query by example). ``grouping``: keep
+        the best ``group_size`` per group value in a pool of k × group_size, and widen until
+        k groups are found, as a filter does.
 
         Each query reads its ``probes`` best buckets. A query left with fewer results than its
         target — k matches with a filter, else min(k, vectors in the collection) — reads the
@@ -378,15 +454,17 @@ class Searcher:
         q = self._prepare_queries(queries, manifest)
         if not 1 <= k <= MAX_K:
             raise InvalidRequest("k", f"must be between 1 and {MAX_K}, got {k}")
-        scoring.check_result_count(len(q), k)
+        width = k * (grouping.size if grouping is not None else 1)
+        scoring.check_result_count(len(q), width)
         probes = min(self._resolve_probes(manifest, probes, recall_target, stats, k), manifest.n_buckets)
         readable = max(1, manifest.readable)
-        if filter is not None:
+        if filter is not None or grouping is not None:
             target, limit = k, min(readable, max_probes or MAX_FILTER_PROBES)
         else:
-            target = min(k, manifest.count)
+            target = min(k, manifest.count - (exclude.width if exclude is not None else 0))
             limit = readable if max_probes is None else min(readable, max(probes, max_probes))
-        top = scoring.TopK(len(q), k)
+        top = scoring.TopK(len(q), width, grouping)
+        found = top.found if grouping is None else top.groups_found
         held: dict[int, Bucket] = {}  # buckets read by this request and still in hand
         pending, done, p = np.arange(len(q)), 0, min(probes, limit)
         while True:
@@ -408,7 +486,15 @@ class Searcher:
                 for b, bucket in buckets.items():
                     mask = None if filter is None else filter.mask(bucket.metadata, bucket.count)
                     scoring.score_bucket(
-                        top, q, by_bucket[b], int(gid[b]), bucket, manifest.metric, table.centroids[b], mask
+                        top,
+                        q,
+                        by_bucket[b],
+                        int(gid[b]),
+                        bucket,
+                        manifest.metric,
+                        table.centroids[b],
+                        mask,
+                        exclude,
                     )
                 top.resolve(q, {int(gid[b]): bucket for b, bucket in buckets.items()}, manifest.metric)
                 if len(rounds) == 1:  # it fits beside what is held: keep it for later widening
@@ -416,7 +502,7 @@ class Searcher:
                 del buckets  # else release this round before the next one is read
             reuse = {}
             stats.probes = p
-            short = top.found(pending) < target
+            short = found(pending) < target
             if not short.any() or p >= limit:
                 break
             pending, done, p = pending[short], p, min(limit, 2 * p)
@@ -425,6 +511,12 @@ class Searcher:
         stats.complete = complete.tolist()
         dist, ids, labels, meta = top.finish(manifest.metric)
         result = SearchResult(manifest.version, dist, ids, labels, manifest.label_names, metadata=meta)
+        if grouping is not None:
+            result = _grouped(result, top.finished_groups, grouping, k)
+            if not refining:
+                result = self._refine_groups(
+                    stored, q, result, k, p, ranking, stats, started, filter, exclude, grouping
+                )
         result.stats = stats
         stats.elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
         return result
@@ -529,6 +621,59 @@ class Searcher:
         stats.buckets_fetched += len(missing)
         stats.s3_gets += len(missing)
         return out
+
+
+def _grouping(group_by: str | None, group_size: int, k: int) -> scoring.Grouping | None:
+    """The grouping of a request, checked: ``group_size`` is 1..k and needs ``group_by``."""
+    if group_by is None:
+        if group_size != 1:
+            raise InvalidRequest("group_size", "needs group_by")
+        return None
+    if not isinstance(group_by, str) or not group_by:
+        raise InvalidRequest("group_by", "must be a metadata key")
+    if not 1 <= group_size <= k:
+        raise InvalidRequest("group_size", f"must be between 1 and k ({k}), got {group_size}")
+    return scoring.Grouping(group_by, group_size)
+
+
+def _grouped(result: SearchResult, codes: np.ndarray, grouping: scoring.Grouping, k: int) -> SearchResult:
+    """Keep per query the first k groups (by best hit) of the pool; results become their hits.
+
+    The pool already holds at most ``group_size`` per group (TopK caps them), so this only
+    drops the groups after the k-th. Loops are over the k × group_size results, not vectors.
+    """
+    nq, width = codes.shape
+    dist = np.full((nq, width), np.inf)
+    labels = np.full((nq, width), -1, np.int32)
+    ids: list[list[Any]] = []
+    metas: list[list[Any]] = []
+    groups: list[list[tuple[Any, list[int]]]] = []
+    for i in range(nq):
+        members: dict[int, list[int]] = {}
+        for j, code in enumerate(codes[i].tolist()):
+            if code >= 0 and (code in members or len(members) < k):
+                members.setdefault(code, []).append(j)
+        keep = sorted(j for js in members.values() for j in js)
+        where = {j: n for n, j in enumerate(keep)}
+        dist[i, : len(keep)] = result.distances[i, keep]
+        labels[i, : len(keep)] = result.label_codes[i, keep]
+        ids.append([result.ids[i][j] for j in keep] + [None] * (width - len(keep)))
+        metas.append([result.metadata[i][j] for j in keep] + [None] * (width - len(keep)))
+        groups.append([(grouping.values[c], [where[j] for j in js]) for c, js in members.items()])
+    return SearchResult(
+        result.version, dist, ids, labels, result.label_names, result.stats, metas, groups=groups
+    )
+
+
+def _replace_row(result: SearchResult, i: int, row: SearchResult) -> SearchResult:
+    """``result`` with query ``i``'s results and groups taken from the one-query ``row``."""
+    result.distances[i] = row.distances[0]
+    result.label_codes[i] = row.label_codes[0]
+    result.ids[i] = row.ids[0]
+    result.metadata[i] = row.metadata[0]
+    if result.groups is not None and row.groups is not None:
+        result.groups[i] = row.groups[0]
+    return result
 
 
 def _reset_counts(stats: QueryStats) -> None:

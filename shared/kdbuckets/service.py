@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events
 from .errors import InvalidRequest
+from .searcher import Classification
 
 if TYPE_CHECKING:
     from .searcher import Searcher
@@ -84,12 +85,22 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
         "max_probes": request.max_probes,
         "consistency": request.consistency,
     }
-    if request.mode == "classify":
-        classification = searcher.classify(request.collection, vectors, **options)
-        result = classification.neighbours
+    grouped = {"group_by": request.group_by, "group_size": request.group_size}
+    spec = request.spec()
+    outcome: Any
+    if spec is not None:  # by example: stored ids, recommend, analogy
+        from . import examples
+
+        outcome = examples.run(searcher, request.collection, spec, mode=request.mode, **options, **grouped)
+    elif request.mode == "classify":
+        outcome = searcher.classify(request.collection, vectors, **options)
     else:
-        classification = None
-        result = searcher.search(request.collection, vectors, **options)
+        outcome = searcher.search(request.collection, vectors, **options, **grouped)
+    if isinstance(outcome, Classification):
+        classification: Classification | None = outcome
+        result = outcome.neighbours
+    else:
+        classification, result = None, outcome
     labels = result.labels()
     response: dict[str, Any] = {
         "collection": request.collection,
@@ -107,6 +118,11 @@ def query(event: object, searcher: Searcher) -> dict[str, Any]:
         ],
         "stats": result.stats.as_dict(),
     }
+    if result.groups is not None:
+        response["groups"] = [
+            [{"group": value, "hits": [hits[j] for j in members]} for value, members in query_groups]
+            for hits, query_groups in zip(response["results"], result.groups, strict=True)
+        ]
     if classification is not None:
         response["predictions"] = [
             {"label": label, "votes": classification.votes(i)}
