@@ -676,12 +676,25 @@ def scale(x: Inputs, n: int, d: int) -> Scaled:
     flat = buckets * (4 * d + x.manifest_per_bucket) + planes * 4 * d
     from kdbuckets.distributed import ROWS_PER_PARTITION
 
-    entry = 2 * d + x.manifest_per_bucket  # float16 centroid + the measured per-bucket overhead
-    m = x.partitions_touched
-    parts = max(1, math.ceil(n / ROWS_PER_PARTITION))
-    hier = lambda p: p * entry + planes * 2 * d + min(m, p) * (buckets / p) * entry  # noqa: E731
-    best_p = max(1, round(math.sqrt(m * buckets)))
-    return Scaled(buckets, probes, probes * per_bucket, flat, hier(parts), hier(best_p), parts)
+    del ROWS_PER_PARTITION  # partitions are how a build splits work; parts are how a manifest is read
+    hier, parts = hierarchical_manifest(math.ceil(buckets), d)
+    return Scaled(buckets, probes, probes * per_bucket, flat, hier, hier, parts)
+
+
+def hierarchical_manifest(buckets: int, d: int) -> tuple[float, int]:
+    """Manifest bytes of a cold query as stored (root + ROUTE_PARTS parts), and the part count.
+
+    Entry sizes come from encoding the real formats (:func:`bench.hierarchy.entry_costs`);
+    parts hold :func:`kdbuckets.hierarchy.part_buckets_for` buckets, as a distributed build cuts.
+    """
+    from bench.hierarchy import entry_costs
+    from kdbuckets.hierarchy import ROUTE_PARTS, part_buckets_for
+
+    c = entry_costs(d)
+    g = part_buckets_for(buckets)
+    parts = max(1, math.ceil(buckets / g))
+    root = c["fixed"] + parts * c["part"]
+    return root + min(ROUTE_PARTS, parts) * (c["part_fixed"] + g * c["bucket"]), parts
 
 
 def query_costs(
@@ -747,6 +760,8 @@ def build_cost(x: Inputs, n: int, d: int) -> dict[str, float]:
 
 def cost_markdown(x: Inputs, source: str) -> list[str]:
     """The cost-model subsection: inputs, manifest arithmetic, queries, build and storage."""
+    from kdbuckets.hierarchy import ROUTE_PARTS
+
     lines = [
         "### Cost model",
         "",
@@ -789,12 +804,11 @@ def cost_markdown(x: Inputs, source: str) -> list[str]:
         "Formulas (N vectors, D dimensions; subscript 0 = measured): buckets = N × replication / "
         "rows per bucket; "
         "probes = probes₀ × (N / N₀)^α; bucket bytes per query = probes × bytes per probed bucket₀ × "
-        "(2D + row overhead) / (2D₀ + row overhead); **flat manifest** (today) = buckets × (4D + per-bucket "
-        "overhead) + tree planes (≤ D rows) × 4D; **hierarchical manifest** (not built yet) per cold query = "
-        "root (P partition entries + planes, float16) + partitions touched × one sub-manifest (buckets / P "
-        "entries), an entry = 2D + the same per-bucket overhead, P = N / 1M rows (today's "
-        "`ROWS_PER_PARTITION`) "
-        "and, in brackets, at the P = √(touched × buckets) that minimises it. Query duration = measured "
+        "(2D + row overhead) / (2D₀ + row overhead); **flat manifest** (format 1, before the hierarchy) = "
+        "buckets × (4D + per-bucket overhead) + tree planes (≤ D rows) × 4D; **hierarchical manifest** "
+        "(format 2, what is stored now) per cold query = root + 4 parts of G = part_buckets_for(buckets) "
+        "buckets, entry sizes from encoding the real formats (see 'Hierarchical manifest'). "
+        "Query duration = measured "
         "(modelled) latency₀ + extra bucket bytes / bandwidth + (cold) extra manifest bytes × (1 "
         "/ bandwidth + "
         "decode s/byte); GB-s = duration × QueryFunction memory. GETs: cold = measured fixed GETs (HEAD, "
@@ -803,30 +817,27 @@ def cost_markdown(x: Inputs, source: str) -> list[str]:
         "",
         "#### Manifest bytes a cold query downloads",
         "",
-        "| vectors | dims | buckets | probes at 0.95 | bucket bytes / query | flat manifest (today) "
-        f"| hierarchical, P = N / 1M [best P] | ≤ {fmt_bytes(HIER_MANIFEST_BOUND)}? |",
+        "| vectors | dims | buckets | probes at 0.95 | bucket bytes / query | flat manifest (format 1) "
+        f"| hierarchical: root + 4 parts (parts) | ≤ {fmt_bytes(HIER_MANIFEST_BOUND)}? |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in SIZES:
         for d in DIMS:
             s = scale(x, n, d)
-            ok = (
-                "yes"
-                if s.hier_manifest <= HIER_MANIFEST_BOUND
-                else ("only at best P" if s.hier_best <= HIER_MANIFEST_BOUND else "**no**")
-            )
+            ok = "yes" if s.hier_manifest <= HIER_MANIFEST_BOUND else "**no**"
             fits = "" if s.flat_manifest < x.query_mb * 2**20 else f" (> the {x.query_mb} MB query function)"
             lines.append(
                 f"| {fmt_n(n)} | {d} | {s.buckets:,.0f} | {s.probes:.1f} | "
                 f"{fmt_bytes(s.bucket_bytes_per_query)} "
-                f"| {fmt_bytes(s.flat_manifest)}{fits} | {fmt_bytes(s.hier_manifest)} (P = {s.partitions:,}) "
-                f"[{fmt_bytes(s.hier_best)}] | {ok} |"
+                f"| {fmt_bytes(s.flat_manifest)}{fits} | {fmt_bytes(s.hier_manifest)} ({s.partitions:,}) "
+                f"| {ok} |"
             )
     lines += [
         "",
         "#### 1M queries per month (USD; storage not included)",
         "",
-        "| vectors | dims | hit rate | kdbuckets flat manifest: S3 GETs + Lambda = total (cold query s) "
+        "| vectors | dims | hit rate | kdbuckets, flat manifest (format 1): S3 GETs + Lambda = total "
+        "(cold query s) "
         "| kdbuckets hierarchical manifest: total (cold query s) | S3 Vectors: requests + data "
         "processed = total "
         "(TB processed) |",
@@ -840,7 +851,7 @@ def cost_markdown(x: Inputs, source: str) -> list[str]:
             s3v_total = S3V_PER_1M_QUERIES + tb * S3V_PROCESSED_PER_TB
             for hit in HIT_RATES:
                 flat = query_costs(x, s, d, hit, s.flat_manifest, 0.0)
-                hier = query_costs(x, s, d, hit, s.hier_manifest, min(x.partitions_touched, s.partitions))
+                hier = query_costs(x, s, d, hit, s.hier_manifest, min(ROUTE_PARTS, s.partitions))
                 lines.append(
                     f"| {fmt_n(n)} | {d} | {hit:.0%} | {fmt_usd(flat['s3'])} + {fmt_usd(flat['lambda'])} = "
                     f"**{fmt_usd(flat['total'])}** ({flat['cold_s']:.2f} s) | **{fmt_usd(hier['total'])}** "

@@ -16,6 +16,7 @@ manifest bytes at 1M, 100M and 1B vectors follow from the part size rule
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -62,7 +63,7 @@ def measure_section() -> str:
                 rows_md.append(row)
                 if ds.metric == "cosine" and part_buckets is None:
                     mean_rows = rows_per_bucket
-    costs = {d: _entry_costs(d) for d in (384, 768)}
+    costs = {d: entry_costs(d) for d in (384, 768)}
     lines = [
         "## Hierarchical manifest",
         "",
@@ -165,7 +166,8 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.0f} kB"
 
 
-def _entry_costs(dim: int) -> dict[str, float]:
+@functools.cache
+def entry_costs(dim: int) -> dict[str, float]:
     """Bytes per bucket in a part, per part in a root, and the fixed rest, from real encodings."""
     sizes = {}
     for nb, g in ((512, 64), (1024, 64), (1024, 128)):
