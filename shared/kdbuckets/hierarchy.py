@@ -125,7 +125,7 @@ def _leaf_counts(tree: Tree) -> np.ndarray:
 
 
 def _leaves_below(tree: Tree, node: int) -> np.ndarray:
-    """Bucket numbers under ``node``, left to right."""
+    """Bucket numbers under ``node``, ascending (a part lists its buckets in one canonical order)."""
     out: list[int] = []
     stack = [node]
     while stack:
@@ -134,4 +134,4 @@ def _leaves_below(tree: Tree, node: int) -> np.ndarray:
             out.append(int(tree.node_leaf[n]))
         else:
             stack += [int(tree.right[n]), int(tree.left[n])]
-    return np.asarray(out, dtype=np.int64)
+    return np.sort(np.asarray(out, dtype=np.int64))

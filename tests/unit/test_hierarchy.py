@@ -19,7 +19,7 @@ from kdbuckets.calibration import read_positions
 from kdbuckets.collection import make_collection
 from kdbuckets.gc import collect_garbage
 from kdbuckets.hierarchy import group_buckets, part_buckets_for, refine_groups, routing_centroids
-from kdbuckets.manifest import Root
+from kdbuckets.manifest import Root, encode_hierarchy
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
 from kdbuckets.versions import rollback
@@ -38,7 +38,8 @@ def clustered(n: int, seed: int) -> np.ndarray:
 
 def build(store: ObjectStore, name: str, vectors: np.ndarray, **params: Any) -> str:
     data = make_collection(vectors, np.arange(len(vectors)), None, metric="l2")
-    p = BuildParams(metric="l2", bucket_size=20, part_buckets=PART_BUCKETS, dtype="float32", **params)
+    params = {"part_buckets": PART_BUCKETS, **params}
+    p = BuildParams(metric="l2", bucket_size=20, dtype="float32", **params)
     return build_index(store, name, data, p).version
 
 
@@ -164,3 +165,12 @@ def test_gc_and_rollback_keep_every_part_a_kept_version_needs(s3_store: ObjectSt
     left = {o.key for o in s3_store.list_objects("g/parts/")}
     assert {layout.part_key("g", fp) for fp in m.stored} <= left
     assert catalog.read_live(s3_store, "g").manifest.version == v1
+
+
+@pytest.mark.parametrize("part_buckets", [0, PART_BUCKETS])
+def test_a_version_read_back_encodes_to_the_very_same_parts(s3_store: ObjectStore, part_buckets: int) -> None:
+    """What lets a write re-PUT only the parts it changed: unchanged content, unchanged objects."""
+    name = f"same-{part_buckets}"
+    build(s3_store, name, clustered(600, seed=3), part_buckets=part_buckets)
+    m = catalog.read_live(s3_store, name).manifest
+    assert set(encode_hierarchy(m).objects) == set(m.stored)
