@@ -69,6 +69,7 @@ def build_index(
     expected_head: catalog.HeadState | None = None,
     in_place: bool = False,
     prepared: bool = False,
+    bounded: bool = False,
 ) -> BuildResult:
     """Partition ``data``, upload its buckets and publish a new version of the collection.
 
@@ -83,6 +84,8 @@ def build_index(
     build handler does this; a library caller that keeps its collection leaves it False.
     ``prepared=True`` says the vectors are already in stored form (compaction re-reads
     buckets): preparing them again would re-normalise rounded float16 values and move them.
+    ``bounded=True`` (compaction) splits any bucket that refinement or replication left above
+    ``bucket_size`` rows (:func:`kdbuckets.partition.bound_leaves`).
     """
     layout.check_collection(collection_name)
     timings: dict[str, float] = {}
@@ -91,7 +94,7 @@ def build_index(
         expected_head = _head_to_replace(store, collection_name, replace, expected_version)
     vectors = data.vectors if prepared else prepare_vectors(data.vectors, params.metric, in_place=in_place)
     check_prepared(vectors, params.dtype, "vectors")
-    part = partition(vectors, params)
+    part = partition(vectors, params, bounded=bounded)
     timings["partition_ms"] = _ms(t0)
 
     keys = dedup_keys(data.ids)

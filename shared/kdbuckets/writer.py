@@ -11,9 +11,11 @@ a write returns only after HEAD names a manifest that contains it.
 
 Routing: an index whose buckets are exactly the tree's leaves (``refine`` 0, no replication)
 routes a new vector down the tree; a refined index routes it to the nearest bucket centroid,
-the rule its buckets were refined by. A bucket that grows past ``split_factor × bucket_size``
-is split locally by an average split along its principal direction (the leaf becomes a tree
-node with two leaves); ``compact`` rebuilds the collection to restore balance.
+the rule its buckets were refined by. A bucket that grows past ``SPLIT_FACTOR × bucket_size``
+is split locally (the leaf becomes a tree node with two leaves); in a refined collection the
+write also merges touched buckets under a floor and reassigns the split buckets' neighbours,
+a bounded number of buckets per commit (:mod:`kdbuckets.maintenance`). ``compact`` rebuilds
+the collection with every bucket at most ``bucket_size`` rows.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, distances, layout
+from . import catalog, distances, layout, maintenance
 from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
 from .builder import BuildParams, BuildResult, build_index
 from .catalog import Snapshot
@@ -33,6 +35,7 @@ from .codec import fingerprint
 from .collection import MAX_LABELS, Collection, check_prepared, check_vectors
 from .directory import Shard, build_shards, decode_shard, encode_shard, resharded_count, shard_of
 from .errors import Conflict, CorruptObject, InvalidRequest
+from .maintenance import Rows
 from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
 from .ranking import bucket_scores
@@ -121,33 +124,26 @@ def _attempt(
         return WriteResult(m.collection, m.version, 0, 0, len(del_keys), 0, 0, attempt, m.count)
     buckets = _load_buckets(store, m, sorted(edits))
     tree = MutableTree(m.tree)
-    centroids = m.buckets.centroids.copy()
-    new_buckets: dict[int, tuple[bytes, np.ndarray, int]] = {}  # bucket → (body, keys, rows)
-    moved: list[tuple[np.ndarray, int, int]] = []  # (keys, from bucket, to bucket)
-    split_limit = SPLIT_FACTOR * int(m.params.get("bucket_size", 1000))
-    next_bucket = m.n_buckets
-    for b, edit in sorted(edits.items()):
-        rows = _apply_edit(m, buckets[b], edit, vectors, upserts, up_keys, up_codes)
-        parts = [(b, rows)]
-        pending = [0] if rows.count > split_limit else []
-        while pending:  # split until no part exceeds the limit (a tight crowd may need several cuts)
-            i = pending.pop()
-            index, big = parts[i]
-            halves = _split(big, tree, index, next_bucket)
-            if halves is None:
-                continue
-            parts[i] = (index, halves[0])
-            parts.append((next_bucket, halves[1]))
-            moved.append((halves[1].keys, index, next_bucket))
-            next_bucket += 1
-            pending += [j for j in (i, len(parts) - 1) if parts[j][1].count > split_limit]
-        for index, part in parts:
-            body = _encode(m, part)
-            new_buckets[index] = (body, part.keys, part.count)
-            if index >= len(centroids):
-                centroids = np.vstack([centroids, np.zeros((1, m.dim), np.float32)])
-            if part.count:
-                centroids[index] = part.vectors.mean(axis=0)
+    refined = _refined(m)
+    bucket_size = int(m.params.get("bucket_size", 1000))
+    edited = {
+        b: _apply_edit(m, buckets[b], edit, vectors, upserts, up_keys, up_codes, b)
+        for b, edit in edits.items()
+    }
+    done = maintenance.maintain(
+        edited,
+        m.buckets.centroids,
+        m.buckets.rows,
+        tree,
+        m.n_buckets,
+        limit=SPLIT_FACTOR * bucket_size,
+        floor=bucket_size // maintenance.FLOOR_DIVISOR,
+        refined=refined,
+        load=lambda which: _rows_of(m, _load_buckets(store, m, which)),
+        method=maintenance.SPLIT_METHOD,
+    )
+    centroids, next_bucket, moved = done.centroids, done.next_bucket, done.moves
+    new_buckets = {b: (_encode(m, part), part.keys, part.count) for b, part in sorted(done.buckets.items())}
 
     # Directory: deleted keys go, upserted keys point at their new bucket, split-off rows move.
     moved_keys = np.concatenate([k for k, _, _ in moved]) if moved else np.zeros(0, np.int64)
@@ -188,6 +184,7 @@ def _attempt(
         part_buckets=m.part_buckets,
         route_parts=m.route_parts,
         stored=m.stored,  # parts this write leaves as they were are not PUT again
+        bucket_part=m.bucket_part,  # the parts keep their buckets; new ones join the nearest
     )
     catalog.publish(store, manifest, snap.etag)
     return WriteResult(
@@ -197,7 +194,7 @@ def _attempt(
         deleted=deleted,
         not_found=int((~existing_del[0]).sum()),
         buckets_written=sum(created[: len(new_buckets)]),
-        buckets_split=len(moved),
+        buckets_split=done.splits,
         attempts=attempt,
         count=manifest.count,
     )
@@ -354,36 +351,17 @@ def _update_directory(
             k, primary, secondary = k[found], primary[found], secondary[found]
             primary = np.where(primary == src, dst, primary)
             secondary = np.where(secondary == src, dst, secondary)
+            # a dropped copy (dst -1) leaves the key with its other one, as its primary
+            primary, secondary = (
+                np.where(primary < 0, secondary, primary),
+                np.where(primary < 0, -1, secondary),
+            )
             shards[s] = shards[s].updated(np.zeros(0, np.int64), k, primary, secondary)
             changed.add(s)
     return sorted(changed)
 
 
 # -- buckets --------------------------------------------------------------------------------
-@dataclass
-class _Rows:
-    """The full content of one bucket being rewritten."""
-
-    vectors: np.ndarray
-    ids: np.ndarray
-    labels: np.ndarray | None
-    keys: np.ndarray
-    metadata: MetadataColumns | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.keys)
-
-    def take(self, rows: np.ndarray) -> _Rows:
-        return _Rows(
-            self.vectors[rows],
-            self.ids[rows],
-            None if self.labels is None else self.labels[rows],
-            self.keys[rows],
-            None if self.metadata is None else self.metadata.select(rows),
-        )
-
-
 def _load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int, Bucket]:
     keys = [layout.bucket_key(m.collection, m.buckets.fingerprints[b]) for b in which]
     try:
@@ -404,7 +382,8 @@ def _apply_edit(
     upserts: Collection | None,
     up_keys: np.ndarray,
     up_codes: np.ndarray | None,
-) -> _Rows:
+    origin: int = -1,
+) -> Rows:
     ids = bucket.ids.to_numpy()
     keys = bucket.keys if bucket.keys is not None else dedup_keys(ids)
     remove = np.concatenate(edit.remove) if edit.remove else np.zeros(0, np.int64)
@@ -425,16 +404,32 @@ def _apply_edit(
         parts = [old if old is not None else MetadataColumns.from_records([None] * int(keep.sum()))]
         parts.append(MetadataColumns.from_records(new_meta or [None] * len(add)))
         metadata = MetadataColumns.concat(parts)
-    return _Rows(
+    return Rows(
         vectors=np.concatenate([bucket.vectors[keep], vectors[add]]).astype(np.float32),
         ids=np.concatenate([ids[keep], new_ids]) if len(add) else ids[keep],
         labels=labels,
         keys=np.concatenate([keys[keep], up_keys[add]]),
         metadata=metadata,
+        origin=np.full(int(keep.sum()) + len(add), origin, np.int64),
     )
 
 
-def _encode(m: Manifest, rows: _Rows) -> bytes:
+def _rows_of(m: Manifest, buckets: dict[int, Bucket]) -> dict[int, Rows]:
+    """Buckets loaded for maintenance, unchanged, each row's origin its own bucket."""
+    return {
+        b: _apply_edit(
+            m, bucket, _Edit(), np.zeros((0, m.dim), np.float32), None, np.zeros(0, np.int64), None, b
+        )
+        for b, bucket in buckets.items()
+    }
+
+
+def _refined(m: Manifest) -> bool:
+    """Buckets are Lloyd cells or hold replicas: routed by centroid, not down the tree."""
+    return int(m.params.get("refine", 0)) != 0 or float(m.params.get("replicate", 0.0)) != 0.0
+
+
+def _encode(m: Manifest, rows: Rows) -> bytes:
     replicated = float(m.params.get("replicate", 0.0)) > 0
     return encode_bucket(
         rows.vectors,
@@ -448,30 +443,12 @@ def _encode(m: Manifest, rows: _Rows) -> bytes:
 
 def _route(m: Manifest, vectors: np.ndarray) -> np.ndarray:
     """Bucket of each new vector: down the tree, or to the nearest centroid if refined."""
-    if int(m.params.get("refine", 0)) == 0 and float(m.params.get("replicate", 0.0)) == 0.0:
+    if not _refined(m):
         return m.tree.leaf_of(vectors)
     scores = bucket_scores(vectors, m.buckets.centroids, m.tree, m.metric, "centroid")
+    if m.buckets.rows.any():  # a bucket emptied by a merge keeps a stale centroid: never route to it
+        scores[:, m.buckets.rows == 0] = np.inf
     return np.argmin(scores, axis=1).astype(np.int64)
-
-
-def _split(rows: _Rows, tree: MutableTree, bucket: int, new_bucket: int) -> tuple[_Rows, _Rows] | None:
-    """Average split along the bucket's principal direction; the leaf becomes a node."""
-    x = rows.vectors.astype(np.float64)
-    centred = x - x.mean(axis=0)
-    direction = np.random.default_rng(bucket).normal(size=x.shape[1])
-    for _ in range(20):  # power iteration: the top principal direction
-        direction = centred.T @ (centred @ direction)
-        norm = np.linalg.norm(direction)
-        if norm == 0:
-            return None
-        direction /= norm
-    proj = x @ direction
-    threshold = float(proj.mean())
-    right = proj >= threshold
-    if right.all() or not right.any():
-        return None
-    tree.split_leaf(bucket, new_bucket, direction.astype(np.float32), threshold)
-    return rows.take(np.flatnonzero(~right)), rows.take(np.flatnonzero(right))
 
 
 def compact(store: ObjectStore, collection: str) -> BuildResult:
@@ -520,4 +497,5 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
         params,
         expected_head=catalog.HeadState(snap.head, snap.etag),
         prepared=True,  # the buckets' vectors, already normalised and rounded as stored
+        bounded=True,  # every bucket <= bucket_size, refined or not
     )

@@ -641,16 +641,6 @@ def test_compact_after_many_skewed_writes_restores_balance(handlers: Handlers) -
     assert balanced["buckets"] >= 320 // SKEW_BUCKET_SIZE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "KNOWN LIMITATION (README, Limits): with the default refine=10 and replicate=0.25, "
-        "compaction is a Lloyd-refined rebuild with border vectors stored twice; "
-        "neither bounds a bucket's rows, so after "
-        "these skewed writes compact leaves a 54-row bucket (bucket_size 20, writes split at "
-        "40) — balance is not restored (with refine=0, replicate=0 every bucket is back <= 20)"
-    ),
-)
 def test_compact_of_a_refined_collection_after_skewed_writes_restores_balance(handlers: Handlers) -> None:
     described = _skewed(handlers, {})
     assert described[-1]["bucket_rows"]["max"] > SKEW_BUCKET_SIZE  # the writes did skew it
@@ -661,6 +651,10 @@ def test_compact_of_a_refined_collection_after_skewed_writes_restores_balance(ha
         {"collection": "skew", "operation": "describe", "version": compacted["version"]}
     )
     assert balanced["bucket_rows"]["max"] <= 2 * SKEW_BUCKET_SIZE
+    # compaction bounds refined (and replicated) buckets by bucket_size itself, as a build of
+    # the tree's leaves does; nothing is lost on the way
+    assert balanced["bucket_rows"]["max"] <= SKEW_BUCKET_SIZE
+    assert compacted["count"] == balanced["count"] == 320
 
 
 def test_no_write_leaves_a_bucket_above_twice_the_bucket_size(handlers: Handlers) -> None:
