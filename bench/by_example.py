@@ -38,7 +38,8 @@ def _cost(results: list[Any]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_section(argv: list[str] | None = None) -> str:
+    """Build the WordNet set (or the synthetic sample) and measure requests by example."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args(argv)
@@ -88,31 +89,38 @@ def main(argv: list[str] | None = None) -> int:
         )
         self_returned = sum(i in r.ids[0] for i, r in zip(ids, cold, strict=True))
 
-    print(f"## Query by example — {sample.name}\n")
-    print(
+    out: list[str] = []
+    out.append(f"## Query by example — {sample.name}\n")
+    out.append(
         f"{n:,} vectors, {built.buckets} buckets (bucket_size 1000, default build), build {build_s:.0f} s; "
         f"default recall target 0.95; k = {K}; {len(ids)} queries by id, {len(rec_rows)} recommendations "
         "(3 positive ids + 1 negative id, random rows). Means per request; cold = fresh Searcher "
         "(new container), warm = one kept Searcher.\n"
     )
-    print(
+    out.append(
         "| request | cache | S3 GETs | of which resolving examples | buckets fetched "
         "| bytes fetched | probes | median ms |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
     lines = [("query by id", "cold", cold), ("query by id", "warm", warm)]
     for s in examples.STRATEGIES:
         lines += [(f"recommend {s}", "cold", rec[s]), (f"recommend {s}", "warm", warm_rec[s])]
     for what, cache, results in lines:
         c = _cost(results)
-        print(
+        out.append(
             f"| {what} | {cache} | {c['s3_gets']:.1f} | {c['example_gets']:.1f} | {c['buckets']:.1f} | "
             f"{c['bytes'] / 1e6:.2f} MB | {c['probes']:.1f} | {c['ms']:.0f} |"
         )
-    print(
+    out.append(
         f"\nrecall@10 of query by id (own id excluded) vs brute force: **{recall:.3f}** "
         f"over {len(ids)} ids; own id returned: {self_returned} times"
     )
+    out.append("\n`python -m bench.run --only by_example` reruns this section alone.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(measure_section(argv))
     return 0
 
 

@@ -806,8 +806,9 @@ def cost_markdown(x: Inputs, source: str) -> list[str]:
         "probes = probes₀ × (N / N₀)^α; bucket bytes per query = probes × bytes per probed bucket₀ × "
         "(2D + row overhead) / (2D₀ + row overhead); **flat manifest** (format 1, before the hierarchy) = "
         "buckets × (4D + per-bucket overhead) + tree planes (≤ D rows) × 4D; **hierarchical manifest** "
-        "(format 2, what is stored now) per cold query = root + 4 parts of G = part_buckets_for(buckets) "
-        "buckets, entry sizes from encoding the real formats (see 'Hierarchical manifest'). "
+        f"(format 2, what is stored now) per cold query = root + {ROUTE_PARTS} parts of G = "
+        "part_buckets_for(buckets) buckets, entry sizes from encoding the real formats "
+        "(see 'Hierarchical manifest'). "
         "Query duration = measured "
         "(modelled) latency₀ + extra bucket bytes / bandwidth + (cold) extra manifest bytes × (1 "
         "/ bandwidth + "
@@ -818,7 +819,7 @@ def cost_markdown(x: Inputs, source: str) -> list[str]:
         "#### Manifest bytes a cold query downloads",
         "",
         "| vectors | dims | buckets | probes at 0.95 | bucket bytes / query | flat manifest (format 1) "
-        f"| hierarchical: root + 4 parts (parts) | ≤ {fmt_bytes(HIER_MANIFEST_BOUND)}? |",
+        f"| hierarchical: root + {ROUTE_PARTS} parts (parts) | ≤ {fmt_bytes(HIER_MANIFEST_BOUND)}? |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in SIZES:
@@ -994,7 +995,7 @@ def dataset_markdown(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def measure_section() -> str:
+def measure_section(argv: list[str] | None = None) -> str:  # argv: the common signature, unused
     """Build, measure, model; the Markdown section (progress on stderr)."""
     started = time.perf_counter()
     synth = synthetic_clustered(n=SYNTH_N, dim=SYNTH_DIM, clusters=SYNTH_N // 100, queries=1000, seed=42)

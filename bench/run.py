@@ -487,17 +487,17 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
     parser.add_argument(
         "--only",
-        choices=["startup", "recall_k", "distributed", "hierarchy"],
+        choices=["startup", "recall_k", "distributed", "hierarchy", "by_example", "queue_writes"],
         help="measure one section and replace just that section of an existing REPORT.md",
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
-        if args.only in ("distributed", "hierarchy"):
+        if args.only in ("distributed", "hierarchy", "by_example", "queue_writes"):
             import importlib
 
-            section = importlib.import_module(f"bench.{args.only}").measure_section()
+            section = importlib.import_module(f"bench.{args.only}").measure_section([])
         else:
             section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
         replace_section(out / "REPORT.md", args.only, section)
@@ -550,6 +550,10 @@ def main() -> None:
     from bench import hierarchy
 
     replace_section(out / "REPORT.md", "hierarchy", hierarchy.measure_section())
+    from bench import by_example, queue_writes
+
+    replace_section(out / "REPORT.md", "by_example", by_example.measure_section([]))
+    replace_section(out / "REPORT.md", "queue_writes", queue_writes.measure_section([]))
     print(f"wrote {out / 'REPORT.md'}")
 
 

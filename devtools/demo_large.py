@@ -513,8 +513,9 @@ def run_latency(store: Any, queries: np.ndarray, manifest_bytes: int) -> None:
                 f"{np.percentile(times, 99):>7.0f}"
             )
         print(
-            f"  (means per query; the manifest is {size(manifest_bytes)} — a cold query reads all of it; "
-            "warm: manifest cached, HEAD revalidated, bucket cache emptied before each query)"
+            f"  (means per query; the whole manifest is {size(manifest_bytes)} — a cold query reads its root "
+            "and the parts it routes to, 'all GET bytes' counts them; warm: root and parts cached, HEAD "
+            "revalidated, bucket cache emptied before each query)"
         )
     finally:
         counter.uninstall(store.client)

@@ -3,8 +3,9 @@
 - ``recall_target`` picks probes from the manifest's calibration curve and reports them;
 - vectors stored in two buckets come back once;
 - a warm query issues exactly one round of GETs, even when HEAD is due for revalidation, and a
-  cold one three (HEAD, manifest, buckets) — rounds are proven by holding each GET until its
-  whole round is in flight, so nothing here depends on wall-clock time;
+  cold one four (HEAD, manifest root, its parts, buckets), however many parts the manifest has —
+  rounds are proven by holding each GET until its whole round is in flight, so nothing here
+  depends on wall-clock time;
 - the /tmp tier serves buckets through read-only memory maps and survives a new Searcher.
 """
 
@@ -172,6 +173,31 @@ def test_a_cold_query_needs_at_most_four_rounds(index: Any) -> None:
     assert rounds.broken == []
     assert rounds.kinds == [["HEAD"], ["manifests"], ["parts"], ["buckets", "buckets", "buckets"]]
     assert rounds.extra == []
+
+
+def test_a_cold_query_of_a_collection_in_many_parts_needs_four_rounds(module_s3_store: ObjectStore) -> None:
+    """HEAD → root → the parts it routes to, together → its buckets, together; warm: one round."""
+    vectors = clustered(3000, 12, seed=8)
+    data = make_collection(vectors, None, None, metric="l2")
+    params = BuildParams(metric="l2", bucket_size=20, part_buckets=8, dtype="float32")
+    build_index(module_s3_store, "many", data, params)
+    root_parts = 8  # hierarchy.ROUTE_PARTS: the first tier
+
+    with Rounds([1, 1, root_parts, 3]).watching(module_s3_store) as rounds:
+        cold = Searcher(module_s3_store, head_ttl=0.0)
+        result = cold.search("many", vectors[:1], k=5, probes=3)
+
+    assert result.stats.parts_fetched == root_parts
+    assert rounds.broken == []
+    assert rounds.kinds[:3] == [["HEAD"], ["manifests"], ["parts"] * root_parts]
+    assert rounds.kinds[3] == ["buckets"] * 3
+    assert rounds.extra == []
+    cold.buckets.clear()
+    with Rounds([4]).watching(module_s3_store) as warm:  # HEAD revalidation + 3 buckets, at once
+        again = cold.search("many", vectors[:1], k=5, probes=3)
+    assert again.stats.parts_fetched == 0
+    assert sorted(warm.kinds[0]) == ["HEAD", "buckets", "buckets", "buckets"]
+    assert warm.extra == []
 
 
 def test_the_disk_tier_serves_buckets_through_read_only_maps(index: Any, tmp_path: Any) -> None:
