@@ -87,9 +87,9 @@ def test_lloyd_over_bucket_centroids_makes_parts_compact(hier: Any) -> None:
 
 
 def test_part_size_follows_the_square_root_rule() -> None:
-    assert part_buckets_for(100) == 64  # never below the floor
-    assert part_buckets_for(100_000) == 256  # √(100,000 / 4) = 158 → 256
-    assert part_buckets_for(1_000_000) == 512  # √(1,000,000 / 4) = 500 → 512
+    assert part_buckets_for(100) == 32  # never below the floor
+    assert part_buckets_for(100_000) == 128  # √(100,000 / 8) = 112 → 128
+    assert part_buckets_for(1_000_000) == 256  # √(1,000,000 / 8) = 354 → 256 (nearest in log scale)
 
 
 def test_a_query_reads_its_first_tier_of_parts_and_ranks_as_calibrated(hier: Any) -> None:
