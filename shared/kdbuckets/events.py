@@ -386,6 +386,13 @@ class CompactRequest(RequestModel):
     operation: Literal["compact"]
 
 
+class RecalibrateRequest(RequestModel):
+    """Measure the live version's recall curves anew (after writes) and publish them."""
+
+    collection: CollectionName
+    operation: Literal["recalibrate"]
+
+
 class VersionsRequest(RequestModel):
     """List the collection's versions, newest first."""
 
@@ -456,6 +463,7 @@ WRITE_MODELS: dict[str, type[RequestModel]] = {
     "list_collections": ListCollectionsRequest,
     "drop": DropRequest,
     "export": ExportRequest,
+    "recalibrate": RecalibrateRequest,
 }
 WriteRequest = Annotated[
     UpsertRequest
@@ -467,7 +475,8 @@ WriteRequest = Annotated[
     | GcRequest
     | ListCollectionsRequest
     | DropRequest
-    | ExportRequest,
+    | ExportRequest
+    | RecalibrateRequest,
     Field(discriminator="operation"),
 ]
 _WRITE: TypeAdapter[Any] = TypeAdapter(WriteRequest)

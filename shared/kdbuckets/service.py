@@ -193,6 +193,10 @@ def write(event: object, store: ObjectStore) -> dict[str, Any]:
             "buckets": built.buckets,
             "buckets_written": built.buckets_written,
         }
+    if isinstance(request, events.RecalibrateRequest):
+        from .recalibrate import recalibrate
+
+        return {"operation": op, **recalibrate(store, collection).as_dict()}
     if isinstance(request, events.VersionsRequest):
         return {
             "operation": op,

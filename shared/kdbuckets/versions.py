@@ -125,6 +125,9 @@ def describe_version(store: ObjectStore, collection: str, version: str) -> dict[
             "k": calibration.get("k"),
             "sample": calibration.get("sample"),
             "probes_for_recall": {str(t): probes_for(calibration, t, nb) for t in RECALL_TARGETS},
+            # set by a recalibration: the version it measured, and what the older curve asked for
+            "measured_at": calibration.get("measured_at"),
+            "drift": calibration.get("drift"),
         },
     }
 

@@ -122,7 +122,7 @@ def _attempt(
 
     if not edits and not len(up_keys):  # deleting ids that do not exist: nothing to publish
         return WriteResult(m.collection, m.version, 0, 0, len(del_keys), 0, 0, attempt, m.count)
-    buckets = _load_buckets(store, m, sorted(edits))
+    buckets = load_buckets(store, m, sorted(edits))
     tree = MutableTree(m.tree)
     refined = _refined(m)
     bucket_size = int(m.params.get("bucket_size", 1000))
@@ -139,7 +139,7 @@ def _attempt(
         limit=SPLIT_FACTOR * bucket_size,
         floor=bucket_size // maintenance.FLOOR_DIVISOR,
         refined=refined,
-        load=lambda which: _rows_of(m, _load_buckets(store, m, which)),
+        load=lambda which: _rows_of(m, load_buckets(store, m, which)),
         method=maintenance.SPLIT_METHOD,
     )
     centroids, next_bucket, moved = done.centroids, done.next_bucket, done.moves
@@ -362,7 +362,8 @@ def _update_directory(
 
 
 # -- buckets --------------------------------------------------------------------------------
-def _load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int, Bucket]:
+def load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int, Bucket]:
+    """Buckets ``which`` of ``m``, one parallel round, each verified against its fingerprint."""
     keys = [layout.bucket_key(m.collection, m.buckets.fingerprints[b]) for b in which]
     try:
         bodies = store.get_many(keys)
@@ -460,7 +461,7 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
     """
     snap = catalog.read_live(store, collection)
     m = snap.manifest
-    buckets = _load_buckets(store, m, [b for b in range(m.n_buckets) if m.buckets.rows[b] > 0])
+    buckets = load_buckets(store, m, [b for b in range(m.n_buckets) if m.buckets.rows[b] > 0])
     parts = [buckets[b] for b in sorted(buckets)]
     if not parts:
         raise InvalidRequest("collection", f"{collection!r} is empty; nothing to compact")

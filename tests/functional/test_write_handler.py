@@ -511,6 +511,21 @@ def test_compact_event_on_the_committed_collection(
     ]
 
 
+def test_recalibrate_event_on_the_committed_collection_keeps_every_answer(
+    handlers: Handlers, tiny: dict[str, Any], load_event: Any
+) -> None:
+    written = handlers.run_write(load_event("write_upsert.json"))
+    before = everything(handlers, "tiny", written["count"])
+
+    report = handlers.run_write(load_event("write_recalibrate.json"))
+
+    assert report["operation"] == "recalibrate"
+    assert report["parent"] == written["version"]
+    assert report["sample"] == written["count"]  # a tiny collection: every vector is in the sample
+    after = everything(handlers, "tiny", written["count"])
+    assert [(h["id"], h["distance"]) for h in after] == [(h["id"], h["distance"]) for h in before]
+
+
 # --------------------------------------------------------------------------- cost and balance
 def test_small_writes_into_a_large_collection_touch_only_a_few_buckets_and_shards(handlers: Handlers) -> None:
     vectors = np.random.default_rng(3).normal(size=(5000, DIM_OF["big"])).astype(np.float32)

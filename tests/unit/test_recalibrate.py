@@ -1,0 +1,65 @@
+"""Recalibration: after writes, the recall curves are measured anew on the collection as it is.
+
+- the new curve is published as a new version with the same buckets and parts (only the root is
+  written), and the response and ``describe`` report the drift;
+- after writes piled onto one spot the build's curve is optimistic: recalibrated, queries read
+  more buckets and recall rises (``python -m bench.write_maintenance`` measures it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdbuckets import catalog
+from kdbuckets.builder import BuildParams, build_index
+from kdbuckets.calibration import exact_neighbours
+from kdbuckets.collection import make_collection
+from kdbuckets.recalibrate import recalibrate
+from kdbuckets.searcher import Searcher
+from kdbuckets.storage import ObjectStore
+from kdbuckets.versions import describe_version
+from kdbuckets.writer import write
+
+D = 32
+
+
+def recall(store: ObjectStore, live: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> tuple[float, int]:
+    found = Searcher(store).search("cal", queries, k=10)
+    truth = ids[exact_neighbours(queries, live, np.full(len(queries), -1), "l2", 10)]
+    hits = [len(set(f) & set(t)) for f, t in zip(found.ids, truth.tolist(), strict=True)]
+    return float(np.mean(hits) / 10), found.stats.probes
+
+
+def test_recalibration_after_skewed_writes_reads_more_and_finds_more(s3_store: ObjectStore) -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, D))
+    base = (centres[rng.integers(0, 40, 3000)] + rng.normal(scale=0.35, size=(3000, D))).astype(np.float32)
+    hot = centres[0] + rng.normal(scale=0.25, size=(4, D))
+    added = (hot[rng.integers(0, 4, 1500)] + rng.normal(scale=0.15, size=(1500, D))).astype(np.float32)
+    params = BuildParams(metric="l2", bucket_size=50)
+    build_index(s3_store, "cal", make_collection(base, np.arange(3000), None, metric="l2"), params)
+    for start in range(0, 1500, 150):
+        ids = np.arange(3000 + start, 3150 + start)
+        write(s3_store, "cal", upserts=make_collection(added[start : start + 150], ids, None, metric="l2"))
+    live, ids = np.concatenate([base, added]), np.arange(4500)
+    pool = np.concatenate([base[:750], added])
+    queries = (
+        pool[rng.choice(len(pool), 200, replace=False)] + rng.normal(scale=0.05, size=(200, D))
+    ).astype(np.float32)
+    before = catalog.read_live(s3_store, "cal").manifest
+    stale, stale_probes = recall(s3_store, live, ids, queries)
+
+    report = recalibrate(s3_store, "cal")
+
+    fresh, fresh_probes = recall(s3_store, live, ids, queries)
+    assert (report.probes_before, report.probes_after) == (stale_probes, fresh_probes)
+    assert fresh_probes > stale_probes
+    assert fresh > stale + 0.05
+    after = catalog.read_live(s3_store, "cal").manifest
+    assert after.version == report.version
+    assert after.parent == before.version
+    assert after.buckets.fingerprints == before.buckets.fingerprints
+    assert after.stored == before.stored  # the same parts and tree: only the root is new
+    described = describe_version(s3_store, "cal", after.version)["calibration"]
+    assert described["measured_at"] == before.version
+    assert described["drift"]["probes_before"] == stale_probes
