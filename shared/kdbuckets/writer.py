@@ -343,21 +343,32 @@ def _update_directory(
             del_keys[del_shard == s], up_keys[up], targets[up], np.full(int(up.sum()), -1)
         )
         changed.add(s)
-    for keys, src, dst in moved:
-        which = shard_of(keys, n_shards)
-        for s in np.unique(which).tolist():
-            k = keys[which == s]
-            found, primary, secondary = shards[s].lookup(k)
-            k, primary, secondary = k[found], primary[found], secondary[found]
-            primary = np.where(primary == src, dst, primary)
-            secondary = np.where(secondary == src, dst, secondary)
-            # a dropped copy (dst -1) leaves the key with its other one, as its primary
-            primary, secondary = (
-                np.where(primary < 0, secondary, primary),
-                np.where(primary < 0, -1, secondary),
-            )
-            shards[s] = shards[s].updated(np.zeros(0, np.int64), k, primary, secondary)
-            changed.add(s)
+    if not moved:
+        return sorted(changed)
+    # All moves at once: a copy is named by (key, bucket it left), and when both copies of a key
+    # move — one into the bucket the other leaves — applying the moves one after the other would
+    # rename both (found by the model check: a key naming one bucket as primary and secondary).
+    dest = {(int(k), src): dst for keys, src, dst in moved for k in keys.tolist()}
+    keys = np.unique(np.concatenate([k for k, _, _ in moved]))
+    which = shard_of(keys, n_shards)
+    for s in np.unique(which).tolist():
+        k = keys[which == s]
+        found, primary, secondary = shards[s].lookup(k)
+        k, primary, secondary = k[found], primary[found], secondary[found]
+        primary = np.array(
+            [dest.get((int(a), int(b)), int(b)) for a, b in zip(k, primary, strict=True)], np.int64
+        )
+        secondary = np.array(
+            [dest.get((int(a), int(b)), int(b)) if b >= 0 else -1 for a, b in zip(k, secondary, strict=True)],
+            np.int64,
+        )
+        # a dropped copy (dst -1) leaves the key with its other one, as its primary
+        primary, secondary = (
+            np.where(primary < 0, secondary, primary),
+            np.where(primary < 0, -1, secondary),
+        )
+        shards[s] = shards[s].updated(np.zeros(0, np.int64), k, primary, secondary)
+        changed.add(s)
     return sorted(changed)
 
 

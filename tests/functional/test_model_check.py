@@ -34,6 +34,7 @@ machine found.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -622,6 +623,34 @@ def test_write_path_matches_the_model_long(in_moto: None) -> None:
 
 
 # --------------------------------------------------------------------------- bugs found
+def test_a_delete_that_splits_a_replicated_bucket_keeps_the_two_copies_apart(
+    in_moto: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the long model check: a delete whose touched bucket split (bucket_size 2, depth 3,
+    every vector stored twice) left a key naming one bucket as its primary and its secondary."""
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *_: None)  # hypothesis' only in a test
+    state = WritePathMachine()
+    spec = BuildSpec(
+        n=53,
+        seed=922,
+        kind="gauss",
+        bucket_size=2,
+        replicate=1.0,
+        refine=0,
+        max_depth=3,
+        split="spread",
+        projection="pca",
+        labelled=False,
+        metadata=True,
+    )
+    try:
+        state.first_build(metric="cosine", spec=spec, shard_entries=4096, dtype="float32", id_kind="int")
+        state.delete(numbers=[0, 60], share=0.0)
+        state.stored_state_and_exact_search_match_the_model()
+    finally:
+        state.teardown()
+
+
 def _tiny_store() -> ObjectStore:
     """The index bucket of the ``s3`` fixture (tests/conftest.py)."""
     return ObjectStore(local.INDEX_BUCKET)
