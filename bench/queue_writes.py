@@ -8,7 +8,7 @@ lose that race and redo the whole write. The queue path (SQS FIFO, message group
 ``kdbuckets.queue``) applies up to ten messages per commit with no race of its own. This
 measures both on the same data, through the real write handler, against a moto server over
 HTTP whose requests are applied one at a time (moto's conditional PUT is not atomic across
-threads; S3's is — see ``devtools.demo_writes.serial_moto_server``):
+threads; S3's is — see ``devtools.local.serial_moto_server``):
 
 - direct: ``producers`` threads each invoke the handler with an upsert of ``vectors`` new
   vectors, again and again, for ``seconds``; a write is acknowledged when the handler returns
@@ -47,10 +47,10 @@ from devtools.demo_writes import (
     create_queues,
     findable_ids,
     send_write,
-    serial_moto_server,
     upsert_event,
     write_handler,
 )
+from devtools.local import serial_moto_server
 from kdbuckets import BuildParams, Conflict, ObjectStore, build_index, list_versions, make_collection, storage
 
 REGION = "us-east-1"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import importlib.util
 import json
 import os
@@ -267,50 +266,6 @@ class S3Requests:
 
 
 # --------------------------------------------------------------------------- a serialised moto
-class _OneRequestAtATime:
-    """WSGI wrapper: one request applied at a time, start to finish (as tests/conftest.py does).
-
-    moto's conditional PutObject compares and stores in two unlocked steps, so racing
-    compare-and-swaps on HEAD can both win on a threaded server; S3 applies them atomically.
-    Benchmarks that race writers need S3's behaviour, not moto's.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        with self.lock:
-            result = self.app(environ, start_response)
-            try:
-                return [b"".join(result)]
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-
-@contextlib.contextmanager
-def serial_moto_server() -> Iterator[str]:
-    """A moto server (S3, SQS, …) on a free port of 127.0.0.1 whose requests are serialised."""
-    import logging
-
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    app = _OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="serial-moto", daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
 # --------------------------------------------------------------------------- the demo
 def upsert_event(collection: str, ids: list[str], vectors: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """A direct upsert event (and a queued write's body): the same JSON on both paths."""

@@ -18,7 +18,9 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,3 +298,49 @@ def prepare(endpoint_url: str, build_index: bool, *, rebuild: bool = False) -> N
     count = _save_index(s3, bucket, prefix, cached)
     took = time.perf_counter() - started
     print(f"sample index built in {took:.0f} s and cached in {cached} ({count} objects)")
+
+
+# --------------------------------------------------------------------------- serialised moto
+class OneRequestAtATime:
+    """WSGI wrapper: the wrapped app handles one request at a time, start to finish.
+
+    moto's conditional PutObject compares and stores in two unlocked steps, so racing
+    compare-and-swaps on HEAD could both win on a threaded server; S3 applies them atomically.
+    Connections stay threaded (keep-alive, one handler thread per socket); only the
+    application call runs under one lock.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with self.lock:
+            result = self.app(environ, start_response)
+            try:
+                return [b"".join(result)]
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+
+@contextlib.contextmanager
+def serial_moto_server() -> Iterator[str]:
+    """A quiet moto server (S3, SQS, …) on a free port of 127.0.0.1 whose requests are serialised."""
+    import logging
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # racing clients make thousands of requests
+    app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="serial-moto", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

@@ -30,7 +30,6 @@ import copy
 import importlib.util
 import json
 import sys
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -362,53 +361,11 @@ def write_handler(aws_env: None) -> Iterator[ModuleType]:
 
 
 # --------------------------------------------------------------------------- serialised moto
-class _OneRequestAtATime:
-    """WSGI wrapper: the wrapped app handles one request at a time, start to finish.
-
-    Connections stay threaded (keep-alive, one handler thread per socket, no accept backlog
-    for dozens of pooled clients); only the application call — reading the request, checking
-    preconditions, storing, producing the body — runs under one lock.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        with self.lock:
-            result = self.app(environ, start_response)
-            try:
-                return [b"".join(result)]
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-
-
 @pytest.fixture(scope="session")
 def _serial_moto_server_url() -> Iterator[str]:
     """A moto S3 server whose requests are serialised (one per test process, on a free port)."""
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
-
-    class QuietHandler(MotoRequestHandler):
-        def log_request(self, *args: Any, **kwargs: Any) -> None:
-            """No access log: racing tests make thousands of requests."""
-
-    app = _OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="serial-moto", daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with local.serial_moto_server() as url:
+        yield url
 
 
 @pytest.fixture
