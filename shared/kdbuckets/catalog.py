@@ -131,17 +131,24 @@ def load_manifest(
     return manifest, size + more
 
 
-def expand(store: ObjectStore, stored: Manifest | Root) -> tuple[Manifest, int]:
+def expand(
+    store: ObjectStore, stored: Manifest | Root, *, seen: dict[str, bytes] | None = None
+) -> tuple[Manifest, int]:
     """The whole manifest of a root (its parts and tree in one parallel round), and their bytes.
 
     A flat manifest is whole already. The result's ``stored`` names the part and tree objects
-    read, i.e. every manifest object the version references besides its root.
+    read, i.e. every manifest object the version references besides its root. ``seen`` (part
+    and tree bodies by fingerprint, filled in here) lets a caller expanding many versions —
+    which share most of their parts — GET each object once.
     """
     if isinstance(stored, Manifest):
         return stored, 0
     root = stored
     refs = [*root.parts.fingerprints, root.tree_ref]
-    bodies = _get_objects(store, root.collection, refs)
+    seen = {} if seen is None else seen
+    missing = [fp for fp in dict.fromkeys(refs) if fp not in seen]
+    seen.update(zip(missing, _get_objects(store, root.collection, missing), strict=True))
+    bodies = [seen[fp] for fp in refs]
     parts = [
         decode_part(body, key=layout.part_key(root.collection, fp), root=root)
         for fp, body in zip(root.parts.fingerprints, bodies, strict=False)

@@ -239,13 +239,16 @@ def _load_versions(store: ObjectStore, collection: str, listed: Sequence[ObjectI
     named = [(o, o.key[len(prefix) :]) for o in listed if o.key.startswith(prefix)]
     named = [(o, v) for o, v in named if layout.is_version(v)]
     out: dict[str, _Version] = {}
+    seen: dict[str, bytes] = {}  # versions share most of their manifest parts: GET each once
     step = max(1, store.concurrency)
     for start in range(0, len(named), step):
         chunk = named[start : start + step]
         for (info, version), body in zip(chunk, _get_present(store, [o.key for o, _ in chunk]), strict=True):
             if body is None:
                 continue
-            m, _ = catalog.expand(store, catalog.verify_manifest(collection, version, info.key, body))
+            m, _ = catalog.expand(
+                store, catalog.verify_manifest(collection, version, info.key, body), seen=seen
+            )
             refs = set(catalog.object_keys(m))
             out[version] = _Version(
                 version=version,
