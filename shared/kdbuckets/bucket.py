@@ -77,6 +77,7 @@ class Bucket:
     keys: np.ndarray | None = None  # (n,) int64 dedup keys, present when vectors are replicated
     metadata: MetadataColumns | None = None  # per-row JSON metadata, columnar for filters
     _sq_norms: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
+    _row_keys: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -101,6 +102,15 @@ class Bucket:
         if not self._sq_norms:
             self._sq_norms.append(np.einsum("ij,ij->i", self.vectors, self.vectors))
         return self._sq_norms[0]
+
+
+    def row_keys(self) -> np.ndarray:
+        """The dedup key of every row: stored (replicated buckets), else derived from the ids once."""
+        if self.keys is not None:
+            return self.keys
+        if not self._row_keys:
+            self._row_keys.append(dedup_keys(self.ids.to_numpy()))
+        return self._row_keys[0]
 
 
 def dedup_keys(ids: np.ndarray) -> np.ndarray:

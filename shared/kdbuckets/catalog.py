@@ -160,11 +160,12 @@ def expand(
 
 
 def object_keys(manifest: Manifest) -> list[str]:
-    """Every object a loaded version needs besides its root: parts and tree, buckets, id shards."""
+    """Every object a loaded version needs besides its root: parts and tree, buckets, id shards, tail."""
     c = manifest.collection
     keys = [layout.part_key(c, fp) for fp in sorted(manifest.stored)]
     keys += [layout.bucket_key(c, fp) for fp in manifest.buckets.fingerprints]
     keys += [layout.id_shard_key(c, fp) for fp in manifest.id_shards]
+    keys += [layout.segment_key(c, s.fingerprint) for s in manifest.tail]
     return keys
 
 

@@ -34,9 +34,10 @@ if that bucket belonged only to dropped versions, a sweep in that window deletes
 Closing it needs the writer's help (refresh such an object's LastModified, or check after
 publishing); until then, avoid sweeping while a build may resurrect long-dropped content.
 
-Only the object kinds GC understands (manifests and their parts, buckets, id shards, rollback markers) are
-ever deleted; HEAD and anything else under the collection are left alone. A manifest that
-does not decode stops GC before anything is deleted: the buckets it names are unknown.
+Only the object kinds GC understands (manifests and their parts, buckets, id shards, tail
+segments, rollback markers) are ever deleted; HEAD and anything else under the collection are
+left alone. A manifest that does not decode stops GC before anything is deleted: the buckets
+it names are unknown.
 Deletion removes dropped manifests before their buckets, so a sweep that dies midway
 leaves orphan buckets (collected next time), never a manifest naming missing buckets.
 """
@@ -58,7 +59,7 @@ DEFAULT_KEEP_LAST = 5
 DEFAULT_GRACE_SECONDS = 900.0
 
 #: Kinds of object a sweep may delete (relative to "{collection}/"); nothing else is touched.
-_SWEPT = ("manifests/", "parts/", "buckets/", "ids/", "rollbacks/")
+_SWEPT = ("manifests/", "parts/", "buckets/", "ids/", "tail/", "rollbacks/")
 
 
 @dataclass(frozen=True)

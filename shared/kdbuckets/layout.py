@@ -5,6 +5,7 @@
 {prefix}{collection}/buckets/{sha256}      content-addressed buckets (immutable)
 {prefix}{collection}/parts/{sha256}        manifest parts and trees (immutable; manifest.py)
 {prefix}{collection}/ids/{sha256}          id-directory shards (immutable; directory.py)
+{prefix}{collection}/tail/{sha256}         unmerged tail segments (immutable; tail.py)
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def part_key(collection: str, fingerprint: str) -> str:
 
 def id_shard_key(collection: str, fingerprint: str) -> str:
     return f"{check_collection(collection)}/ids/{fingerprint}"
+
+
+def segment_key(collection: str, fingerprint: str) -> str:
+    return f"{check_collection(collection)}/tail/{fingerprint}"
 
 
 def drop_marker_key(collection: str) -> str:

@@ -39,6 +39,7 @@ from .errors import CorruptObject, InvalidRequest
 from .hierarchy import ROUTE_PARTS, group_buckets, nearest_rows, refine_groups, routing_centroids
 from .layout import is_version
 from .params import BuildParams
+from .tail import SegmentRef
 from .tree import Tree
 
 FORMAT = "kdbuckets/manifest"
@@ -51,6 +52,8 @@ TREE_FORMAT = "kdbuckets/tree"
 HEAD_FORMAT = "kdbuckets/head"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: Most tail segments a manifest may list when decoded (writers keep far fewer: tail.MAX_SEGMENTS).
+MAX_TAIL_ENTRIES = 1024
 _VERSION = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 
 
@@ -101,6 +104,8 @@ class Manifest:
     #: (n_buckets,) part of each bucket as stored (None: not yet grouped — a new build);
     #: buckets beyond its length (created by a write) join the part nearest their centroid
     bucket_part: np.ndarray | None = None
+    #: unmerged tail segments, oldest first (kdbuckets.tail); ``count`` includes their effect
+    tail: tuple[SegmentRef, ...] = ()
 
     @property
     def n_buckets(self) -> int:
@@ -150,6 +155,7 @@ class Root:
     parent: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     id_shards: list[str] = field(default_factory=list)
+    tail: tuple[SegmentRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,8 @@ def encode_manifest(m: Manifest) -> bytes:
     readable and writable so collections published before the hierarchy keep working (and
     its golden file keeps pinning it).
     """
+    if m.tail:
+        raise ValueError("a manifest with an unmerged tail is stored as a hierarchy (format 2) only")
     t, b = m.tree, m.buckets
     return codec.dumps(
         {
@@ -405,12 +413,15 @@ def assemble(root: Root, parts: list[Part], tree: Tree, *, key: str, stored: fro
         route_parts=root.route_parts,
         stored=stored,
         bucket_part=bucket_part,
+        tail=root.tail,
     )
     return manifest
 
 
 def _encode_common(m: Manifest, format_version: int) -> dict[str, Any]:
+    tail = {"tail": [s.encode() for s in m.tail]} if m.tail else {}  # absent: bytes as before
     return {
+        **tail,
         "format": FORMAT,
         "format_version": format_version,
         "collection": m.collection,
@@ -536,7 +547,11 @@ def _decode_common(obj: dict, key: str) -> dict[str, Any]:
         isinstance(f, str) and _SHA256.fullmatch(f) for f in id_shards
     ):
         raise CorruptObject(key, "id_shards are not SHA-256 hex strings")
+    tail = obj.get("tail") or []
+    if not isinstance(tail, list) or len(tail) > MAX_TAIL_ENTRIES:
+        raise CorruptObject(key, "tail is not a list of segments")
     return {
+        "tail": tuple(SegmentRef.decode(node, key=key) for node in tail),
         "id_shards": id_shards,
         "collection": codec.require(obj, "collection", str, key=key),
         "version": codec.require(obj, "version", str, key=key),

@@ -75,6 +75,9 @@ class BuildParams(RequestModel):
     #: buckets per manifest part (kdbuckets.hierarchy); unset: one part for a single-function
     #: build, ~√(buckets / 2) for a distributed one; 0: one part
     part_buckets: Annotated[int, Field(ge=0, le=MAX_PART_BUCKETS)] | None = None
+    #: rows plus deletes the unmerged tail of writes holds before a write merges it into the
+    #: buckets (kdbuckets.tail); unset: automatic (merges amortised, ≤ 4 buckets' worth); 0: none
+    tail_rows: Annotated[int, Field(ge=0, le=MAX_BUCKET_SIZE)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -85,8 +88,9 @@ class BuildParams(RequestModel):
     def as_dict(self) -> dict[str, Any]:
         """The build parameters only (a subclass's other fields excluded, unset options left out)."""
         out = {name: getattr(self, name) for name in BuildParams.model_fields}
-        if out["part_buckets"] is None:
-            del out["part_buckets"]
+        for optional in ("part_buckets", "tail_rows"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
 

@@ -202,7 +202,7 @@ def replicated(m: Manifest) -> bool:
 
 def row_keys(bucket: Bucket) -> np.ndarray:
     """The dedup key of every row (stored in replicated buckets, else derived from the ids)."""
-    return bucket.keys if bucket.keys is not None else dedup_keys(bucket.ids.to_numpy())
+    return bucket.row_keys()
 
 
 # -- buckets ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, distances, layout, scoring
+from . import catalog, distances, layout, scoring, tail
 from .bucket import Bucket, decode_bucket
 from .cache import ByteBudgetLRU, DiskTier
 from .calibration import probes_for
@@ -38,6 +38,9 @@ MAX_FILTER_PROBES = 1024
 _MANIFESTS_KEPT = 8
 #: Decoded manifest parts kept across requests (content-addressed: shared by versions).
 PART_CACHE_BYTES = 64 << 20
+#: Decoded tail segments kept across requests (content-addressed: versions share most).
+SEGMENT_CACHE_BYTES = 64 << 20
+_OVERLAYS_KEPT = 4
 
 
 @dataclass
@@ -69,6 +72,10 @@ class QueryStats:
     #: for the examples' buckets and id-directory shards
     example_gets: int = 0
     example_bytes: int = 0
+    #: unmerged tail: segments read from S3 by this request (in its first bucket round; cached
+    #: ones not counted, their bytes are in bytes_fetched) and the live rows scanned in full
+    segments_fetched: int = 0
+    tail_rows: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "complete": list(self.complete)}
@@ -155,6 +162,8 @@ class Searcher:
         self._manifests: dict[tuple[str, str], Manifest | Root] = {}
         self._whole: dict[tuple[str, str], Manifest] = {}
         self.parts: ByteBudgetLRU[Part] = ByteBudgetLRU(PART_CACHE_BYTES)
+        self.segments: ByteBudgetLRU[tail.Segment] = ByteBudgetLRU(SEGMENT_CACHE_BYTES)
+        self._overlays: dict[tuple[str, ...], tuple[tail.Overlay, np.ndarray]] = {}
         self._heads: dict[str, _HeadState] = {}
         self._lock = threading.Lock()
 
@@ -466,6 +475,7 @@ class Searcher:
         top = scoring.TopK(len(q), width, grouping)
         found = top.found if grouping is None else top.groups_found
         held: dict[int, Bucket] = {}  # buckets read by this request and still in hand
+        pending_tail: tuple[tail.Overlay, np.ndarray] | None = None  # (overlay, its centroid)
         pending, done, p = np.arange(len(q)), 0, min(probes, limit)
         while True:
             lists = manifest.rank(q[pending], p)[:, done:]
@@ -479,12 +489,17 @@ class Searcher:
             reuse = {b: held[b] for b in needed.tolist() if b in held}
             rounds = scoring.plan_rounds(fresh, table.sizes, manifest.dtype) or [fresh]
             for i, group in enumerate(rounds):
-                buckets = self._fetch(manifest, group, stats) if group.size else {}
+                if pending_tail is None:  # the tail comes in the first round, beside its buckets
+                    buckets, pending_tail = self._fetch_with_tail(manifest, group, stats)
+                    _score_tail(top, q, pending_tail, manifest.metric, filter, exclude, stats)
+                else:
+                    buckets = self._fetch(manifest, group, stats) if group.size else {}
                 if i == 0:
                     buckets.update(reuse)
                 gid = manifest.global_ids  # ties break by the version's bucket numbers, not the view's
                 for b, bucket in buckets.items():
                     mask = None if filter is None else filter.mask(bucket.metadata, bucket.count)
+                    mask = _unhidden(pending_tail[0], bucket, mask)
                     scoring.score_bucket(
                         top,
                         q,
@@ -496,7 +511,9 @@ class Searcher:
                         mask,
                         exclude,
                     )
-                top.resolve(q, {int(gid[b]): bucket for b, bucket in buckets.items()}, manifest.metric)
+                held_now = {int(gid[b]): bucket for b, bucket in buckets.items()}
+                held_now[tail.TAIL_BUCKET] = pending_tail[0].live
+                top.resolve(q, held_now, manifest.metric)
                 if len(rounds) == 1:  # it fits beside what is held: keep it for later widening
                     held.update(buckets)
                 del buckets  # else release this round before the next one is read
@@ -583,6 +600,50 @@ class Searcher:
         check_vectors(queries, "vectors", metric=manifest.metric)
         return distances.prepare(queries, manifest.metric)
 
+    def _fetch_with_tail(
+        self, manifest: View, needed: np.ndarray, stats: QueryStats
+    ) -> tuple[dict[int, Bucket], tuple[tail.Overlay, np.ndarray]]:
+        """Buckets ``needed`` and the version's tail segments, in the same parallel round.
+
+        Returns the buckets and the tail's overlay with its centroid (cached by the segments'
+        fingerprints, as segments are by theirs).
+        """
+        refs = manifest.tail
+        key = tuple(s.fingerprint for s in refs)
+        cached = self._overlays.get(key)
+        missing = [] if cached is not None else [s for s in refs if self.segments.get(s.fingerprint) is None]
+        if not missing:
+            buckets = self._fetch(manifest, needed, stats) if needed.size else {}
+        else:
+            keys = [layout.segment_key(manifest.collection, s.fingerprint) for s in missing]
+            pending = [self.store.submit(self.store.get, k) for k in keys]  # leaf tasks: no nesting
+            try:
+                buckets = self._fetch(manifest, needed, stats) if needed.size else {}
+            finally:
+                try:
+                    bodies = [p.result()[0] for p in pending]
+                except NotFound as exc:
+                    missing_what = "tail segment named by the manifest is missing"
+                    raise CorruptObject(exc.uri or "", missing_what) from None
+            for ref, k, body in zip(missing, keys, bodies, strict=True):
+                segment = tail.decode_segment(body, key=k, ref=ref, dim=manifest.dim)
+                self.segments.put(ref.fingerprint, segment, segment.rows.nbytes + segment.deletes.nbytes)
+                stats.bytes_fetched += len(body)
+            stats.segments_fetched += len(missing)
+            stats.s3_gets += len(missing)
+        if cached is None:
+            segments = [self.segments.get(s.fingerprint) for s in refs]
+            if any(s is None for s in segments):  # evicted meanwhile (a tiny cache): read again
+                segments = load_segments_uncached(self.store, manifest)
+            over = tail.overlay(segments, manifest.dim)  # type: ignore[arg-type]
+            centre = over.live.vectors.mean(axis=0) if over.live.count else np.zeros(manifest.dim, np.float32)
+            cached = (over, centre)
+            with self._lock:
+                if len(self._overlays) >= _OVERLAYS_KEPT:
+                    self._overlays.pop(next(iter(self._overlays)))
+                self._overlays[key] = cached
+        return buckets, cached
+
     def _fetch(self, manifest: View, needed: np.ndarray, stats: QueryStats) -> dict[int, Bucket]:
         """Decoded buckets for ``needed`` ids: cache first, then one parallel round of GETs.
 
@@ -621,6 +682,42 @@ class Searcher:
         stats.buckets_fetched += len(missing)
         stats.s3_gets += len(missing)
         return out
+
+
+def load_segments_uncached(store: ObjectStore, source: Any) -> list[tail.Segment]:
+    """The tail segments of ``source`` (a manifest, root or view), read and verified."""
+    from .writer import load_segments  # the one segment reader
+
+    return load_segments(store, source)
+
+
+def _score_tail(
+    top: scoring.TopK,
+    q: np.ndarray,
+    pending: tuple[tail.Overlay, np.ndarray],
+    metric: str,
+    filter: Filter | None,
+    exclude: scoring.Exclusion | None,
+    stats: QueryStats,
+) -> None:
+    """Scan the tail's live rows for every query (exhaustively: the tail is not indexed)."""
+    over, centre = pending
+    live = over.live
+    stats.tail_rows = live.count
+    if not live.count:
+        return
+    mask = None if filter is None else filter.mask(live.metadata, live.count)
+    scoring.score_bucket(top, q, np.arange(len(q)), tail.TAIL_BUCKET, live, metric, centre, mask, exclude)
+
+
+def _unhidden(over: tail.Overlay, bucket: Bucket, mask: np.ndarray | None) -> np.ndarray | None:
+    """``mask`` without the rows of ``bucket`` that the tail overrides (upserted again, deleted)."""
+    if over.empty:
+        return mask
+    hidden = over.hides(bucket.row_keys())
+    if not hidden.any():
+        return mask
+    return ~hidden if mask is None else mask & ~hidden
 
 
 def _grouping(group_by: str | None, group_size: int, k: int) -> scoring.Grouping | None:

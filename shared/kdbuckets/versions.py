@@ -285,6 +285,7 @@ def _require_complete(store: ObjectStore, m: Manifest, outcome: str) -> None:
     prefixes = [mkey, _prefix(m.collection, "buckets/")]
     prefixes += [_prefix(m.collection, "ids/")] if m.id_shards else []
     prefixes += [_prefix(m.collection, "parts/")] if m.stored else []
+    prefixes += [_prefix(m.collection, "tail/")] if m.tail else []
     present = {o.key for p in prefixes for o in store.list_objects(p)}
     needed = [mkey, *catalog.object_keys(m)]
     missing = [k for k in needed if k not in present]

@@ -47,6 +47,8 @@ class View:
         self.label_names = source.label_names
         self.params = source.params
         self.extra = source.extra
+        #: unmerged tail segments (kdbuckets.tail): every query scans them in full
+        self.tail = source.tail
         #: buckets in the whole version, and those holding rows (the most a query can read)
         self.n_buckets = source.n_buckets
         self.readable = readable

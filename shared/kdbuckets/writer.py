@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from . import catalog, distances, layout, maintenance
+from . import catalog, distances, layout, maintenance, tail
 from .bucket import Bucket, IdColumn, decode_bucket, dedup_keys, encode_bucket
 from .builder import BuildParams, BuildResult, build_index
 from .catalog import Snapshot
@@ -57,6 +57,10 @@ class WriteResult:
     buckets_split: int
     attempts: int
     count: int
+    #: segments the version's unmerged tail holds (0 after a merge)
+    tail_segments: int = 0
+    #: did this commit merge the tail into the buckets (or write to them directly)
+    merged: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,7 +71,16 @@ class _Edit:
     """Pending changes to one bucket."""
 
     remove: list[np.ndarray] = field(default_factory=list)  # keys to drop
-    add: list[np.ndarray] = field(default_factory=list)  # row numbers of the upsert batch
+    add: list[np.ndarray] = field(default_factory=list)  # row numbers of the upserted rows
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A write validated and prepared: rows as they will be stored, keys to delete."""
+
+    rows: Bucket  # prepared vectors, ids, label codes, keys, metadata
+    deletes: np.ndarray  # keys
+    label_names: list[str] | None
 
 
 def write(
@@ -101,11 +114,115 @@ def write(
 def _attempt(
     store: ObjectStore, snap: Snapshot, upserts: Collection | None, deletes: np.ndarray | None, attempt: int
 ) -> WriteResult:
+    """One try of a write: to the tail while it has room, else merged with the tail into buckets."""
     m = snap.manifest
     if not m.id_shards:
         raise InvalidRequest("collection", f"{m.collection!r} was built without an id directory; rebuild it")
-    vectors, up_keys, label_names, up_codes = _prepare_upserts(m, upserts)
-    del_keys = np.zeros(0, np.int64) if deletes is None else _keys_for(m, deletes, "ids")
+    batch = _prepare(m, upserts, deletes)
+    segments = load_segments(store, m)
+    pending = tail.overlay(segments, m.dim)
+    existed = _exists(store, m, pending, batch.rows.keys)
+    live_deletes = _exists(store, m, pending, batch.deletes)
+    delta = int((~existed).sum()) - int(live_deletes.sum())
+    figures = dict(
+        upserted=batch.rows.count,
+        deleted=int(live_deletes.sum()),
+        not_found=int((~live_deletes).sum()),
+        attempts=attempt,
+    )
+    if not batch.rows.count and not live_deletes.any():  # deleting ids that do not exist
+        return WriteResult(
+            m.collection, m.version, 0, 0, len(batch.deletes), 0, 0, attempt, m.count, len(m.tail)
+        )
+    own = tail.Segment(batch.rows, batch.deletes[live_deletes])
+    limit = tail.tail_limit(m.params, int(m.buckets.sizes.sum()), m.dim)
+    held = sum(s.weight for s in m.tail) + batch.rows.count + len(own.deletes)
+    if limit > 0 and held <= limit:
+        published = _append(store, snap, segments, own, delta, batch.label_names)
+        return WriteResult(
+            m.collection,
+            published.version,
+            buckets_written=0,
+            buckets_split=0,
+            count=published.count,
+            tail_segments=len(published.tail),
+            **figures,
+        )
+    merged = tail.overlay([*segments, own], m.dim)
+    base = m.count - sum(s.delta for s in m.tail)  # the live count the buckets alone hold
+    return _merge(store, snap, merged, base, batch.label_names, figures)
+
+
+def load_segments(store: ObjectStore, m: Manifest | Any) -> list[tail.Segment]:
+    """The tail segments ``m`` lists, oldest first: one parallel round, each verified."""
+    keys = [layout.segment_key(m.collection, s.fingerprint) for s in m.tail]
+    try:
+        bodies = store.get_many(keys)
+    except NotFound as exc:
+        raise CorruptObject(exc.uri or "", "tail segment named by the manifest is missing") from None
+    return [
+        tail.decode_segment(body, key=key, ref=ref, dim=m.dim)
+        for ref, key, body in zip(m.tail, keys, bodies, strict=True)
+    ]
+
+
+def _exists(store: ObjectStore, m: Manifest, pending: tail.Overlay, keys: np.ndarray) -> np.ndarray:
+    """Is each key live now: as the tail last left it, else as the id directory says."""
+    mentioned, live = pending.state(keys)
+    out = live.copy()
+    rest = ~mentioned
+    if rest.any():
+        n_shards = len(m.id_shards)
+        shards = _load_shards(store, m, np.unique(shard_of(keys[rest], n_shards)))
+        out[rest] = _locate(shards, keys[rest], n_shards)[0]
+    return out
+
+
+def _append(
+    store: ObjectStore,
+    snap: Snapshot,
+    segments: list[tail.Segment],
+    own: tail.Segment,
+    delta: int,
+    label_names: list[str] | None,
+) -> Manifest:
+    """Publish the write as one new segment (absorbing the newest ones: :func:`tail.absorbed`)."""
+    m = snap.manifest
+    n = tail.absorbed(list(m.tail), own.rows.count + len(own.deletes))
+    kept, folded = m.tail[: len(m.tail) - n], m.tail[len(m.tail) - n :]
+    combined = tail.overlay([*segments[len(segments) - n :], own], m.dim) if n else None
+    rows, dels = (own.rows, own.deletes) if combined is None else (combined.live, combined.deleted)
+    body = tail.encode_segment(rows, dels, m.dtype)
+    fp = fingerprint(body)
+    ref = tail.SegmentRef(fp, len(body), rows.count, len(dels), delta + sum(s.delta for s in folded))
+    store.put_many([(layout.segment_key(m.collection, fp), body)])
+    manifest = replace(
+        m,
+        version=catalog.new_version(),
+        parent=m.version,
+        created_at=catalog.now_iso(),
+        count=m.count + delta,
+        label_names=label_names,
+        tail=(*kept, ref),
+    )
+    catalog.publish(store, manifest, snap.etag)
+    return manifest
+
+
+def _merge(
+    store: ObjectStore,
+    snap: Snapshot,
+    merged: tail.Overlay,
+    base: int,
+    label_names: list[str] | None,
+    figures: dict[str, int],
+) -> WriteResult:
+    """Apply the tail and this write (``merged``) to the buckets: copy-on-write, with maintenance.
+
+    ``base`` is the live count of the buckets without the tail; the new version's tail is empty.
+    """
+    m = snap.manifest
+    rows, up_keys, del_keys = merged.live, merged.live.keys, merged.deleted
     n_shards = len(m.id_shards)
     shards = _load_shards(store, m, np.unique(shard_of(np.concatenate([up_keys, del_keys]), n_shards)))
 
@@ -116,20 +233,15 @@ def _attempt(
         for slot in (primary, secondary):
             for b in np.unique(slot[found & (slot >= 0)]).tolist():
                 edits.setdefault(b, _Edit()).remove.append(keys[found & (slot == b)])
-    targets = _route(m, vectors) if len(vectors) else np.zeros(0, np.int64)
+    targets = _route(m, rows.vectors) if rows.count else np.zeros(0, np.int64)
     for b in np.unique(targets).tolist():
         edits.setdefault(b, _Edit()).add.append(np.flatnonzero(targets == b))
 
-    if not edits and not len(up_keys):  # deleting ids that do not exist: nothing to publish
-        return WriteResult(m.collection, m.version, 0, 0, len(del_keys), 0, 0, attempt, m.count)
     buckets = load_buckets(store, m, sorted(edits))
     tree = MutableTree(m.tree)
     refined = _refined(m)
     bucket_size = int(m.params.get("bucket_size", 1000))
-    edited = {
-        b: _apply_edit(m, buckets[b], edit, vectors, upserts, up_keys, up_codes, b)
-        for b, edit in edits.items()
-    }
+    edited = {b: _apply_edit(m, buckets[b], edit, rows, b) for b, edit in edits.items()}
     done = maintenance.maintain(
         edited,
         m.buckets.centroids,
@@ -150,9 +262,7 @@ def _attempt(
     extra_shards = np.setdiff1d(np.unique(shard_of(moved_keys, n_shards)), list(shards))
     shards.update(_load_shards(store, m, extra_shards))
     changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, moved)
-    deleted = int(existing_del[0].sum())
-    inserted = int((~existing_up[0]).sum())
-    live_count = m.count - deleted + inserted
+    live_count = base - int(existing_del[0].sum()) + int((~existing_up[0]).sum())
     id_shards, shard_uploads = _directory_objects(store, m, shards, changed, live_count)
 
     fingerprints = list(m.buckets.fingerprints) + [""] * (next_bucket - m.n_buckets)
@@ -165,42 +275,50 @@ def _attempt(
         uploads.append((layout.bucket_key(m.collection, fp), body))
     created = store.put_many(uploads + shard_uploads)
 
-    manifest = Manifest(
-        collection=m.collection,
+    manifest = replace(
+        m,
         version=catalog.new_version(),
         parent=m.version,
         created_at=catalog.now_iso(),
-        dim=m.dim,
-        metric=m.metric,
-        dtype=m.dtype,
         count=live_count,
-        id_kind=m.id_kind,
         label_names=label_names,
-        params=m.params,
         tree=tree.freeze(),
         buckets=BucketTable(fingerprints, sizes, counts, centroids),
-        extra=m.extra,
         id_shards=id_shards,
-        part_buckets=m.part_buckets,
-        route_parts=m.route_parts,
-        stored=m.stored,  # parts this write leaves as they were are not PUT again
-        bucket_part=m.bucket_part,  # the parts keep their buckets; new ones join the nearest
+        tail=(),  # parts this write leaves as they were are not PUT again (m.stored)
     )
     catalog.publish(store, manifest, snap.etag)
     return WriteResult(
         collection=m.collection,
         version=manifest.version,
-        upserted=len(up_keys),
-        deleted=deleted,
-        not_found=int((~existing_del[0]).sum()),
         buckets_written=sum(created[: len(new_buckets)]),
         buckets_split=done.splits,
-        attempts=attempt,
         count=manifest.count,
+        merged=True,
+        **figures,
     )
 
 
 # -- preparing the request ----------------------------------------------------------------
+def _prepare(m: Manifest, upserts: Collection | None, deletes: np.ndarray | None) -> _Batch:
+    """Validate a write against ``m`` and prepare its rows as the collection stores them."""
+    vectors, keys, names, codes = _prepare_upserts(m, upserts)
+    ids = upserts.ids if upserts is not None else np.zeros(0, np.int64)
+    metadata = None
+    if upserts is not None and upserts.metadata is not None:
+        metadata = MetadataColumns.from_records(upserts.metadata)
+    rows = Bucket(
+        vectors=vectors,
+        ids=IdColumn.from_values(ids if len(ids) else np.zeros(0, np.int64)),
+        labels=codes,
+        stored_dtype=m.dtype,
+        keys=keys,
+        metadata=metadata,
+    )
+    del_keys = np.zeros(0, np.int64) if deletes is None else _keys_for(m, deletes, "ids")
+    return _Batch(rows, del_keys, names)
+
+
 def _prepare_upserts(
     m: Manifest, upserts: Collection | None
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None]:
@@ -386,41 +504,33 @@ def load_buckets(store: ObjectStore, m: Manifest, which: list[int]) -> dict[int,
     }
 
 
-def _apply_edit(
-    m: Manifest,
-    bucket: Bucket,
-    edit: _Edit,
-    vectors: np.ndarray,
-    upserts: Collection | None,
-    up_keys: np.ndarray,
-    up_codes: np.ndarray | None,
-    origin: int = -1,
-) -> Rows:
+def _apply_edit(m: Manifest, bucket: Bucket, edit: _Edit, new: Bucket, origin: int = -1) -> Rows:
+    """``bucket`` without the keys ``edit`` removes, plus the rows of ``new`` it adds."""
     ids = bucket.ids.to_numpy()
     keys = bucket.keys if bucket.keys is not None else dedup_keys(ids)
     remove = np.concatenate(edit.remove) if edit.remove else np.zeros(0, np.int64)
     keep = ~np.isin(keys, remove)
     add = np.concatenate(edit.add) if edit.add else np.zeros(0, np.int64)
     labels = None
-    if m.label_names is not None or up_codes is not None:
+    if m.label_names is not None or new.labels is not None:
         old = bucket.labels if bucket.labels is not None else np.full(bucket.count, -1, np.int32)
-        new = up_codes[add] if up_codes is not None else np.full(len(add), -1, np.int32)
-        labels = np.concatenate([old[keep], new]).astype(np.int32)
-    new_ids = upserts.ids[add] if upserts is not None else ids[:0]
+        added = new.labels[add] if new.labels is not None else np.full(len(add), -1, np.int32)
+        labels = np.concatenate([old[keep], added]).astype(np.int32)
     metadata = None
-    new_meta = (
-        None if upserts is None or upserts.metadata is None else [upserts.metadata[i] for i in add.tolist()]
-    )
-    if bucket.metadata is not None or new_meta:
-        old = bucket.metadata.select(np.flatnonzero(keep)) if bucket.metadata is not None else None
-        parts = [old if old is not None else MetadataColumns.from_records([None] * int(keep.sum()))]
-        parts.append(MetadataColumns.from_records(new_meta or [None] * len(add)))
+    if bucket.metadata is not None or (new.metadata is not None and len(add)):
+        old_meta = bucket.metadata.select(np.flatnonzero(keep)) if bucket.metadata is not None else None
+        parts = [old_meta or MetadataColumns.from_records([None] * int(keep.sum()))]
+        parts.append(
+            new.metadata.select(add)
+            if new.metadata is not None
+            else MetadataColumns.from_records([None] * len(add))
+        )
         metadata = MetadataColumns.concat(parts)
     return Rows(
-        vectors=np.concatenate([bucket.vectors[keep], vectors[add]]).astype(np.float32),
-        ids=np.concatenate([ids[keep], new_ids]) if len(add) else ids[keep],
+        vectors=np.concatenate([bucket.vectors[keep], new.vectors[add]]).astype(np.float32),
+        ids=np.concatenate([ids[keep], new.ids.to_numpy()[add]]) if len(add) else ids[keep],
         labels=labels,
-        keys=np.concatenate([keys[keep], up_keys[add]]),
+        keys=np.concatenate([keys[keep], new.keys[add]]),
         metadata=metadata,
         origin=np.full(int(keep.sum()) + len(add), origin, np.int64),
     )
@@ -428,12 +538,7 @@ def _apply_edit(
 
 def _rows_of(m: Manifest, buckets: dict[int, Bucket]) -> dict[int, Rows]:
     """Buckets loaded for maintenance, unchanged, each row's origin its own bucket."""
-    return {
-        b: _apply_edit(
-            m, bucket, _Edit(), np.zeros((0, m.dim), np.float32), None, np.zeros(0, np.int64), None, b
-        )
-        for b, bucket in buckets.items()
-    }
+    return {b: _apply_edit(m, bucket, _Edit(), tail.empty_rows(m.dim), b) for b, bucket in buckets.items()}
 
 
 def _refined(m: Manifest) -> bool:
