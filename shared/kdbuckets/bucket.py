@@ -103,7 +103,6 @@ class Bucket:
             self._sq_norms.append(np.einsum("ij,ij->i", self.vectors, self.vectors))
         return self._sq_norms[0]
 
-
     def row_keys(self) -> np.ndarray:
         """The dedup key of every row: stored (replicated buckets), else derived from the ids once."""
         if self.keys is not None:

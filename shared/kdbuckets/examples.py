@@ -13,6 +13,11 @@ Cost, beyond the search: resolving ids reads the pinned manifest (1 GET + its pa
 tree), one parallel round of id-directory shards and one of the examples' primary buckets
 (``stats.example_gets``; usually 3–4 GETs for a few ids). ``best_score`` reads the union of
 the buckets every example would probe.
+
+The unmerged tail (:mod:`kdbuckets.tail`): ``fetch`` resolves an id from the version's tail
+when the tail mentions it (so an id written there is found, one deleted there is unknown) —
+one more round, of the tail's segments, when the version has a tail. ``best_score`` scans the
+tail's live rows as a search does and skips bucket rows the tail overrides.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import distances, reading, scoring
-from .bucket import dedup_keys
+from . import distances, reading, scoring, tail
+from .bucket import Bucket, dedup_keys
 from .collection import check_vectors
 from .errors import InvalidRequest
 from .filters import Filter
@@ -143,6 +148,7 @@ def _count(stats: QueryStats, read: reading.ReadStats) -> None:
     stats.example_bytes += read.bytes_fetched + read.manifest_bytes
     stats.s3_gets += read.s3_gets
     stats.buckets_fetched += read.buckets_fetched
+    stats.segments_fetched += read.segments_fetched
     stats.bytes_fetched += read.bytes_fetched
     stats.manifest_bytes += read.manifest_bytes
 
@@ -272,12 +278,22 @@ def best_score(
     pos, neg = positive.astype(np.float32), negative.astype(np.float32)
     excluded = np.asarray(exclude, np.int64)
     parts: dict[str, list[Any]] = {"score": [], "key": [], "ref": [], "ids": [], "labels": [], "meta": []}
+    pending: tail.Overlay | None = None  # the unmerged tail, read in the first round
     for group in scoring.plan_rounds(needed, table.sizes, view.dtype) or [needed]:
-        buckets = searcher._fetch(view, group, stats)
+        sources: list[tuple[int, Bucket, np.ndarray]] = []  # (bucket number for refs, rows, shown)
+        if pending is None:
+            buckets, (pending, _) = searcher._fetch_with_tail(view, group, stats)
+            stats.tail_rows = pending.live.count
+            sources.append((tail.TAIL_BUCKET, pending.live, np.ones(pending.live.count, bool)))
+        else:
+            buckets = searcher._fetch(view, group, stats)
         for b, bucket in buckets.items():
-            rows = np.arange(bucket.count)
+            shown = np.ones(bucket.count, bool) if pending.empty else ~pending.hides(bucket.row_keys())
+            sources.append((int(view.global_ids[b]), bucket, shown))
+        for gid, bucket, shown in sources:
             if filter is not None:
-                rows = np.flatnonzero(filter.mask(bucket.metadata, bucket.count))
+                shown = shown & filter.mask(bucket.metadata, bucket.count)
+            rows = np.flatnonzero(shown)
             if rows.size == 0:
                 continue
             keys = scoring.candidate_keys(bucket, rows)
@@ -294,13 +310,13 @@ def best_score(
             chosen = rows[top]
             parts["score"].append(score[top])
             parts["key"].append(keys[top])
-            parts["ref"].append((np.int64(view.global_ids[b]) << 32) | chosen)
+            parts["ref"].append((np.int64(gid) << 32) | chosen)
             parts["ids"] += bucket.ids.take(chosen)
             parts["labels"].append(
                 bucket.labels[chosen] if bucket.labels is not None else np.full(kk, -1, np.int32)
             )
             parts["meta"] += bucket.metadata.take(chosen) if bucket.metadata is not None else [None] * kk
-        del buckets
+        del buckets, sources
     stats.probes = p
     stats.complete = [True]
     score = np.concatenate(parts["score"]) if parts["score"] else np.empty(0)

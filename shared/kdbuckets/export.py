@@ -19,10 +19,13 @@ labels exactly, so a build from the export holds the same vectors — up to one 
 for ``cosine`` (the build normalises again; a stored vector's norm is 1 within rounding).
 
 Every vector once: in a replicated collection only the copy in the vector's primary bucket
-(the id directory's) is exported, the same rule as :func:`kdbuckets.reading.list_page`.
+(the id directory's) is exported, the same rule as :func:`kdbuckets.reading.list_page`. The
+live collection: an unmerged tail (:mod:`kdbuckets.tail`) is read first; bucket rows whose id
+it mentions (overwritten or deleted there) are skipped, and its live rows are exported after
+the buckets' — as :func:`kdbuckets.reading.list_page` lists them.
 Memory: one round of buckets (:data:`kdbuckets.reading.ROUND_BYTES`), one shard of rows, and
 for a replicated collection the id directory's keys and primary buckets (12 bytes per id).
-Cost: every non-empty bucket and id shard read once; per shard three or four PUTs.
+Cost: every tail segment, non-empty bucket and id shard read once; per shard three or four PUTs.
 """
 
 from __future__ import annotations
@@ -136,19 +139,23 @@ def export(
         destination,
         per_shard,
     )
+    pending = reading.load_tail(store, m, stats)
     primary_of = _primary_table(store, m, stats) if reading.replicated(m) else None
     nonempty = [b for b in range(m.n_buckets) if int(m.buckets.rows[b]) > 0]
     for b, bucket in reading.bucket_rounds(store, m, nonempty, stats):
-        if primary_of is None:
-            out.add(bucket, np.arange(bucket.count))
-        else:
-            out.add(bucket, np.flatnonzero(primary_of(reading.row_keys(bucket)) == b))
+        shown = np.ones(bucket.count, dtype=bool)
+        if primary_of is not None:
+            shown &= primary_of(reading.row_keys(bucket)) == b
+        if not pending.empty:
+            shown &= ~pending.hides(reading.row_keys(bucket))
+        out.add(bucket, np.flatnonzero(shown))
+    out.add(pending.live, np.arange(pending.live.count))
     out.flush()
     if out.rows != m.count:
         raise CorruptObject(
             layout.manifest_key(m.collection, m.version),
-            f"its buckets hold {out.rows} distinct vectors but it counts {m.count}; the export under "
-            f"{destination} is incomplete",
+            f"its buckets and tail hold {out.rows} distinct vectors but it counts {m.count}; the "
+            f"export under {destination} is incomplete",
         )
     build = out.build_event() if out.rows else None
     out.put("EXPORT.json", json.dumps(_summary(m, out, build), indent=1).encode())

@@ -23,6 +23,16 @@ list ``cursor`` reads the manifest only.
 - ``count``: no bucket GET without a filter (the manifest's count). With a filter, every
   non-empty bucket once, in rounds of at most :data:`ROUND_BYTES`: the cost of an exact
   full scan (replicas are counted once, by their dedup key).
+
+The unmerged tail (:mod:`kdbuckets.tail`): a version whose manifest lists tail segments holds
+recent writes there, not in its buckets and id directory; the newest mention of an id wins.
+Every operation here reads those segments first (one parallel round, ``segments_fetched``; a
+version without a tail reads none) and answers as a query would: a bucket row whose id the tail
+mentions is hidden (overwritten or deleted), and the tail's live rows are part of the version.
+``fetch`` answers the ids the tail mentions from it (no directory or bucket GET for them);
+``list`` pages over the buckets, then over the tail's live rows as if they were one more bucket
+after the last (a cursor pins the version, so its tail and those positions stay the same);
+``count`` with a filter counts the unhidden bucket rows and the tail's live rows.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, layout
+from . import catalog, layout, tail
 from .bucket import Bucket, decode_bucket, dedup_keys
 from .directory import Shard, decode_shard, shard_of
 from .errors import CorruptObject, InvalidRequest
@@ -75,6 +85,7 @@ class ReadStats:
     manifest_bytes: int = 0
     id_shards_fetched: int = 0
     buckets_fetched: int = 0
+    segments_fetched: int = 0  # unmerged tail segments (kdbuckets.tail)
     bytes_fetched: int = 0
     cache_hits: int = 0  # id shards served from the process cache
     started: float = field(default_factory=time.perf_counter)
@@ -85,6 +96,7 @@ class ReadStats:
             "manifest_bytes": self.manifest_bytes,
             "id_shards_fetched": self.id_shards_fetched,
             "buckets_fetched": self.buckets_fetched,
+            "segments_fetched": self.segments_fetched,
             "bytes_fetched": self.bytes_fetched,
             "cache_hits": self.cache_hits,
             "elapsed_ms": round((time.perf_counter() - self.started) * 1000.0, 1),
@@ -251,6 +263,23 @@ def bucket_rounds(
             size += int(m.buckets.sizes[b])
 
 
+# -- the unmerged tail -----------------------------------------------------------------------
+def load_tail(store: ObjectStore, m: Manifest, stats: ReadStats) -> tail.Overlay:
+    """The net effect of ``m``'s unmerged tail: its segments in one parallel round, each verified.
+
+    A version without a tail costs nothing and gives an empty overlay (it hides no row).
+    """
+    if not m.tail:
+        return tail.overlay([], m.dim)
+    from .writer import load_segments  # the one segment reader (the write path: imported late)
+
+    segments = load_segments(store, m)
+    stats.s3_gets += len(m.tail)
+    stats.segments_fetched += len(m.tail)
+    stats.bytes_fetched += sum(ref.size for ref in m.tail)  # verified bodies: the sizes listed
+    return tail.overlay(segments, m.dim)
+
+
 def label_of(m: Manifest, codes: np.ndarray | None, rows: np.ndarray) -> list[str | None]:
     """Label names of ``rows`` (None for an unlabelled collection or row)."""
     if codes is None or not m.label_names:
@@ -333,12 +362,23 @@ def fetch(
     if known:
         values = [typed[i] for i in known]
         keys = dedup_keys(np.array(values, dtype=np.int64 if m.id_kind == "int" else str))
-        primary = primary_buckets(store, m, keys, stats)
-        hit = np.flatnonzero(primary >= 0)
-        buckets = load_buckets(store, m, np.unique(primary[hit]).tolist(), stats)
-        for b, bucket in buckets.items():
-            mine = hit[primary[hit] == b]
-            rows = _rows_of(bucket, keys[mine], b, m)
+        pending = load_tail(store, m, stats)
+        mentioned, _ = pending.state(keys)
+        sources: list[tuple[Bucket, np.ndarray, np.ndarray]] = []  # (rows from, rows, positions)
+        in_tail = np.flatnonzero(mentioned)  # the tail decides these: live there, or deleted
+        tail_rows = pending.rows_of(keys[in_tail])
+        live = tail_rows >= 0
+        sources.append((pending.live, tail_rows[live], in_tail[live]))
+        rest = np.flatnonzero(~mentioned)
+        if rest.size:
+            primary = np.full(len(keys), -1, dtype=np.int64)
+            primary[rest] = primary_buckets(store, m, keys[rest], stats)
+            hit = np.flatnonzero(primary >= 0)
+            buckets = load_buckets(store, m, np.unique(primary[hit]).tolist(), stats)
+            for b, bucket in buckets.items():
+                mine = hit[primary[hit] == b]
+                sources.append((bucket, _rows_of(bucket, keys[mine], b, m), mine))
+        for bucket, rows, mine in sources:
             recs = records(
                 m, bucket, rows, include_vectors=include_vectors, include_metadata=include_metadata
             )
@@ -458,6 +498,10 @@ def list_page(
     ids exactly once however many writes land meanwhile — as long as the version is kept
     (garbage collection keeps the newest ``keep_last`` versions). A page may hold fewer than
     ``limit`` rows; only ``cursor: null`` means the listing is complete.
+
+    An unmerged tail is listed as one more bucket after the last (bucket number ``n_buckets``,
+    rows in the order of its overlay's live rows, fixed for the version); bucket rows whose id
+    the tail mentions are skipped — the tail holds their newest state.
     """
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidRequest("limit", f"must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
@@ -468,8 +512,10 @@ def list_page(
     m = open_version(store, collection, start.version if start else version, stats)
     check_vector_budget(limit, m.dim, include_vectors, "limit")
     rows = m.buckets.rows
+    pending = load_tail(store, m, stats)
+    in_tail = pending.live.count  # rows of the virtual bucket ``m.n_buckets``
     b, r = (start.bucket, start.row) if start else (0, 0)
-    if b > m.n_buckets or (b < m.n_buckets and r > int(rows[b])):
+    if b > m.n_buckets or r > (in_tail if b == m.n_buckets else int(rows[b])):
         raise InvalidRequest("cursor", f"points past the end of version {m.version}")
     out: list[dict[str, Any]] = []
     b, r = _next_nonempty(rows, b, r)
@@ -482,7 +528,8 @@ def list_page(
             if len(out) >= limit:  # filled at the end of the previous bucket: (b, r) is here
                 break
             bucket, first = buckets[bb], starts[bb]
-            keep = first + np.flatnonzero(primary[bb])
+            shown = primary[bb] if pending.empty else primary[bb] & ~pending.hides(row_keys(bucket)[first:])
+            keep = first + np.flatnonzero(shown)
             take = keep[: limit - len(out)]
             out += records(
                 m, bucket, take, include_vectors=include_vectors, include_metadata=include_metadata
@@ -491,7 +538,13 @@ def list_page(
                 b, r = bb, int(take[-1]) + 1
                 break
             b, r = _next_nonempty(rows, bb + 1, 0)
-    done = b >= m.n_buckets
+    if len(out) < limit and b == m.n_buckets:  # past the buckets: the tail's live rows
+        take = np.arange(r, min(in_tail, r + limit - len(out)))
+        out += records(
+            m, pending.live, take, include_vectors=include_vectors, include_metadata=include_metadata
+        )
+        r += len(take)
+    done = b >= m.n_buckets and r >= in_tail
     return ListResult(
         m.collection,
         m.version,
@@ -570,23 +623,29 @@ def count(
 ) -> CountResult:
     """Vectors in the version, or those whose metadata match ``filter`` (each id once).
 
-    Without a filter this is the manifest's count (no bucket is read); with one, every
-    non-empty bucket is read once and replicas are counted once, by their dedup key.
+    Without a filter this is the manifest's count (no bucket is read; it includes the tail's
+    effect); with one, the tail is read, then every non-empty bucket once: bucket rows the tail
+    mentions are not counted, the tail's live rows are, and replicas count once, by their
+    dedup key.
     """
     stats = ReadStats()
     m = open_version(store, collection, version, stats)
     if filter is None:
         return CountResult(m.collection, m.version, m.count, False, stats)
+    pending = load_tail(store, m, stats)
+    live = pending.live
+    total = int(filter.mask(live.metadata, live.count).sum())  # tail keys are unique and unhidden
     which = [b for b in range(m.n_buckets) if int(m.buckets.rows[b]) > 0]
     dedup = replicated(m)
-    total = 0
     matched: list[np.ndarray] = []
     for _, bucket in bucket_rounds(store, m, which, stats):
         mask = filter.mask(bucket.metadata, bucket.count)
+        if not pending.empty:
+            mask = mask & ~pending.hides(row_keys(bucket))
         if dedup:
             matched.append(row_keys(bucket)[mask])
         else:
             total += int(mask.sum())
     if dedup:
-        total = len(np.unique(np.concatenate(matched))) if matched else 0
+        total += len(np.unique(np.concatenate(matched))) if matched else 0
     return CountResult(m.collection, m.version, total, True, stats)

@@ -215,7 +215,7 @@ def concat(buckets: list[Bucket], dim: int) -> Bucket:
         ids=IdColumn.from_values(np.concatenate([b.ids.to_numpy() for b in buckets])),
         labels=labels,
         stored_dtype=buckets[0].stored_dtype,
-        keys=np.concatenate([_keys(b) for b in buckets]),
+        keys=np.concatenate([b.row_keys() for b in buckets]),
         metadata=metadata,
     )
 
@@ -229,7 +229,7 @@ def take(bucket: Bucket, rows: np.ndarray) -> Bucket:
         ids=IdColumn.from_values(bucket.ids.to_numpy()[rows]),
         labels=None if bucket.labels is None else bucket.labels[rows],
         stored_dtype=bucket.stored_dtype,
-        keys=_keys(bucket)[rows],
+        keys=bucket.row_keys()[rows],
         metadata=None if bucket.metadata is None else bucket.metadata.select(rows),
     )
 

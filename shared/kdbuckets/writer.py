@@ -121,8 +121,9 @@ def _attempt(
     batch = _prepare(m, upserts, deletes)
     segments = load_segments(store, m)
     pending = tail.overlay(segments, m.dim)
-    existed = _exists(store, m, pending, batch.rows.keys)
-    live_deletes = _exists(store, m, pending, batch.deletes)
+    shards: dict[int, Shard] = {}  # id-directory shards read by this attempt
+    both = _exists(store, m, pending, np.concatenate([batch.rows.keys, batch.deletes]), shards)
+    existed, live_deletes = both[: batch.rows.count], both[batch.rows.count :]
     delta = int((~existed).sum()) - int(live_deletes.sum())
     figures = dict(
         upserted=batch.rows.count,
@@ -150,7 +151,7 @@ def _attempt(
         )
     merged = tail.overlay([*segments, own], m.dim)
     base = m.count - sum(s.delta for s in m.tail)  # the live count the buckets alone hold
-    return _merge(store, snap, merged, base, batch.label_names, figures)
+    return _merge(store, snap, merged, base, batch.label_names, figures, shards)
 
 
 def load_segments(store: ObjectStore, m: Manifest | Any) -> list[tail.Segment]:
@@ -166,16 +167,28 @@ def load_segments(store: ObjectStore, m: Manifest | Any) -> list[tail.Segment]:
     ]
 
 
-def _exists(store: ObjectStore, m: Manifest, pending: tail.Overlay, keys: np.ndarray) -> np.ndarray:
-    """Is each key live now: as the tail last left it, else as the id directory says."""
+def _exists(
+    store: ObjectStore, m: Manifest, pending: tail.Overlay, keys: np.ndarray, shards: dict[int, Shard]
+) -> np.ndarray:
+    """Is each key live now: as the tail last left it, else as the id directory says.
+
+    The directory shards read are added to ``shards`` (a merge reuses them).
+    """
     mentioned, live = pending.state(keys)
     out = live.copy()
     rest = ~mentioned
     if rest.any():
         n_shards = len(m.id_shards)
-        shards = _load_shards(store, m, np.unique(shard_of(keys[rest], n_shards)))
+        _ensure_shards(store, m, shards, keys[rest])
         out[rest] = _locate(shards, keys[rest], n_shards)[0]
     return out
+
+
+def _ensure_shards(store: ObjectStore, m: Manifest, shards: dict[int, Shard], keys: np.ndarray) -> None:
+    """Read (one parallel round) the directory shards ``keys`` hash to that ``shards`` lacks."""
+    which = np.setdiff1d(np.unique(shard_of(keys, len(m.id_shards))), list(shards))
+    if which.size:
+        shards.update(_load_shards(store, m, which))
 
 
 def _append(
@@ -216,6 +229,7 @@ def _merge(
     base: int,
     label_names: list[str] | None,
     figures: dict[str, int],
+    shards: dict[int, Shard],
 ) -> WriteResult:
     """Apply the tail and this write (``merged``) to the buckets: copy-on-write, with maintenance.
 
@@ -224,7 +238,7 @@ def _merge(
     m = snap.manifest
     rows, up_keys, del_keys = merged.live, merged.live.keys, merged.deleted
     n_shards = len(m.id_shards)
-    shards = _load_shards(store, m, np.unique(shard_of(np.concatenate([up_keys, del_keys]), n_shards)))
+    _ensure_shards(store, m, shards, np.concatenate([up_keys, del_keys]))
 
     edits: dict[int, _Edit] = {}
     existing_up = _locate(shards, up_keys, n_shards)
@@ -258,9 +272,7 @@ def _merge(
     new_buckets = {b: (_encode(m, part), part.keys, part.count) for b, part in sorted(done.buckets.items())}
 
     # Directory: deleted keys go, upserted keys point at their new bucket, split-off rows move.
-    moved_keys = np.concatenate([k for k, _, _ in moved]) if moved else np.zeros(0, np.int64)
-    extra_shards = np.setdiff1d(np.unique(shard_of(moved_keys, n_shards)), list(shards))
-    shards.update(_load_shards(store, m, extra_shards))
+    _ensure_shards(store, m, shards, np.concatenate([k for k, _, _ in moved] + [np.zeros(0, np.int64)]))
     changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, moved)
     live_count = base - int(existing_del[0].sum()) + int((~existing_up[0]).sum())
     id_shards, shard_uploads = _directory_objects(store, m, shards, changed, live_count)
@@ -578,12 +590,17 @@ def compact(store: ObjectStore, collection: str) -> BuildResult:
     snap = catalog.read_live(store, collection)
     m = snap.manifest
     buckets = load_buckets(store, m, [b for b in range(m.n_buckets) if m.buckets.rows[b] > 0])
+    pending = tail.overlay(load_segments(store, m), m.dim)  # the tail is merged by the rebuild
     parts = [buckets[b] for b in sorted(buckets)]
+    if not pending.empty:
+        parts = [tail.take(p, np.flatnonzero(~pending.hides(p.row_keys()))) for p in parts]
+        parts.append(pending.live)
+    parts = [p for p in parts if p.count]
     if not parts:
         raise InvalidRequest("collection", f"{collection!r} is empty; nothing to compact")
     vectors = np.concatenate([p.vectors for p in parts])
     ids = np.concatenate([p.ids.to_numpy() for p in parts])
-    keys = np.concatenate([p.keys if p.keys is not None else dedup_keys(p.ids.to_numpy()) for p in parts])
+    keys = np.concatenate([p.row_keys() for p in parts])
     _, first = np.unique(keys, return_index=True)
     first.sort()
     labels = None

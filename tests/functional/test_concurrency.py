@@ -10,8 +10,10 @@ atomic across threads, real S3's is). Afterwards:
 - every acknowledged upsert is findable at distance ~0 and the count adds up;
 - the acknowledged versions form one unbroken parent chain from the build to HEAD — no
   acknowledged version was overwritten by another writer;
-- HEAD names a complete manifest: every bucket and id shard it lists exists and verifies,
-  and the id directory agrees with the buckets;
+- HEAD names a complete manifest: every bucket, id shard and tail segment it lists exists
+  and verifies, the id directory agrees with the buckets, and buckets plus tail hold exactly
+  the acknowledged ids (the default tail limit of this collection makes the race both append
+  to the tail and merge it into the buckets, several times);
 - every reader response came from one published version: replaying it pinned to that
   version gives the same answer.
 
@@ -30,7 +32,7 @@ import numpy as np
 import pytest
 
 from devtools import local
-from kdbuckets import Conflict, ObjectStore, Searcher, layout, service, storage, versions, writer
+from kdbuckets import Conflict, ObjectStore, Searcher, layout, service, storage, tail, versions, writer
 from kdbuckets.bucket import decode_bucket, dedup_keys
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.collection import make_collection
@@ -85,7 +87,8 @@ def _head_manifest(store: ObjectStore) -> Manifest:
 
 
 def _assert_complete(store: ObjectStore, manifest: Manifest, expected_ids: np.ndarray) -> None:
-    """Every bucket and shard HEAD's manifest lists exists and verifies; buckets and directory agree."""
+    """Every bucket, shard and tail segment HEAD's manifest lists exists and verifies; the
+    directory agrees with the buckets, and buckets plus tail hold exactly ``expected_ids``."""
     bucket_keys = [layout.bucket_key(COLLECTION, fp) for fp in manifest.buckets.fingerprints]
     buckets = [
         decode_bucket(body, key=key, expected_fingerprint=fp)
@@ -98,13 +101,14 @@ def _assert_complete(store: ObjectStore, manifest: Manifest, expected_ids: np.nd
         decode_shard(body, key=key, expected_fingerprint=fp, n_buckets=manifest.n_buckets)
         for key, body, fp in zip(shard_keys, store.get_many(shard_keys), manifest.id_shards, strict=True)
     ]
+    pending = tail.overlay(writer.load_segments(store, manifest), DIM)
     assert [b.count for b in buckets] == manifest.buckets.rows.tolist()
-    stored = {int(k) for b in buckets for k in dedup_keys(b.ids.to_numpy()).tolist()}
-    expected = set(dedup_keys(expected_ids).tolist())
-    assert stored == expected
+    in_buckets = {int(k) for b in buckets for k in dedup_keys(b.ids.to_numpy()).tolist()}
+    live = (in_buckets - set(pending.shadow.tolist())) | set(pending.live.keys.tolist())
+    assert live == set(dedup_keys(expected_ids).tolist())
     directory = np.concatenate([s.keys for s in shards])
-    assert len(directory) == len(set(directory.tolist())) == len(expected)
-    assert set(directory.tolist()) == expected
+    assert len(directory) == len(set(directory.tolist())) == len(in_buckets)
+    assert set(directory.tolist()) == in_buckets  # the tail's rows join the directory when merged
     members = [set(dedup_keys(b.ids.to_numpy()).tolist()) for b in buckets]
     for shard in shards:
         for key, primary, secondary in zip(

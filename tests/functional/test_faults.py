@@ -66,12 +66,14 @@ QUERIES = np.random.default_rng(43).normal(size=(4, DIM)).astype(np.float32)
 NEW_ID, NEW_VECTOR = 10_000, np.random.default_rng(44).normal(size=DIM).astype(np.float32)
 DELETED_ID = 7
 _PATH = re.compile(r"^/(?P<bucket>[^/]+)/(?P<key>.+)$")
-_KIND = re.compile(r"/(?P<kind>HEAD|manifests|parts|buckets|ids)(?:/[^/]+)?$")
+_KIND = re.compile(r"/(?P<kind>HEAD|manifests|parts|buckets|ids|tail)(?:/[^/]+)?$")
 
 
 def build_event(**overrides: Any) -> dict[str, Any]:
     """Inline build of the test collection; no refinement or replication, so that every
-    vector lives in exactly one bucket, found by the tree (request counts are exact)."""
+    vector lives in exactly one bucket, found by the tree (request counts are exact). No
+    tail either: these writes are copy-on-write commits of buckets (the tail's own commits
+    are pinned in the section on the tail below)."""
     items = [{"id": i, "vector": VECTORS[i].tolist(), "label": f"c{i % 3}"} for i in range(N)]
     return {
         "collection": COLLECTION,
@@ -80,6 +82,7 @@ def build_event(**overrides: Any) -> dict[str, Any]:
         "refine": 0,
         "replicate": 0.0,
         "dtype": "float32",  # the expected answers below are brute force over float32
+        "tail_rows": 0,
         **overrides,
     }
 
@@ -495,6 +498,102 @@ def test_delete_crashing_at_each_request_in_turn_never_publishes_and_then_succee
 
     assert retried["attempts"] == 1
     assert_write_landed(live, DELETE, retried)
+
+
+# --------------------------------------------------------------------------- the tail
+#: A write that fits the unmerged tail: HEAD, the root, its part and tree, the id shard (is
+#: the id new?), then one segment, the root and HEAD — no bucket, part or shard is written.
+TAIL_WRITE_STEPS = [
+    ("GET", "HEAD"),
+    ("GET", "manifests"),
+    ("GET", "parts"),
+    ("GET", "parts"),
+    ("GET", "ids"),
+    ("PUT", "tail"),
+    ("PUT", "manifests"),
+    ("PUT", "HEAD"),
+]
+
+
+@pytest.fixture
+def tail_live(live: Live) -> Live:
+    """The test collection rebuilt with a tail of 50 rows: small writes stay in the tail."""
+    live.built = live.build.lambda_handler(build_event(tail_rows=50, replace=True), live.context)
+    return live
+
+
+def _clustered(first_id: int, n: int, seed: int) -> dict[str, Any]:
+    """An upsert of ``n`` vectors close together (they route to one bucket)."""
+    rng = np.random.default_rng(seed)
+    vectors = VECTORS[0] + 0.01 * rng.normal(size=(n, DIM))
+    items = [{"id": first_id + i, "vector": v.tolist(), "label": "c1"} for i, v in enumerate(vectors)]
+    return {"collection": COLLECTION, "operation": "upsert", "items": items}
+
+
+def test_a_write_to_the_tail_puts_one_segment_root_and_head(tail_live: Live) -> None:
+    recorder = tail_live.inject(Recorder())
+
+    response = tail_live.run_write(UPSERT)
+
+    assert recorder.sent == TAIL_WRITE_STEPS
+    assert (response["tail_segments"], response["merged"], response["buckets_written"]) == (1, False, 0)
+    assert_write_landed(tail_live, UPSERT, response)
+
+
+def test_a_tail_write_crashing_at_each_request_in_turn_never_publishes_and_then_succeeds(
+    tail_live: Live,
+) -> None:
+    head = tail_live.head()
+    for step in range(1, len(TAIL_WRITE_STEPS) + 1):
+        crash = tail_live.inject(CrashAt(step))
+        with pytest.raises(InternalError):
+            tail_live.run_write(UPSERT)
+        assert len(crash.sent) == step - 1
+        tail_live.heal()
+        tail_live.assert_serving_previous_version(head)
+
+    retried = tail_live.run_write(UPSERT)
+
+    assert retried["attempts"] == 1
+    assert_write_landed(tail_live, UPSERT, retried)
+
+
+def test_a_maintenance_commit_crashing_at_each_request_in_turn_leaves_the_previous_version_serving(
+    tail_live: Live,
+) -> None:
+    # 40 rows wait in the tail; 40 more pass its limit of 50, so the next write merges all 80
+    # into one bucket of ~50 rows, which passes 2 × bucket_size and is split: every request of
+    # that commit (tail, directory and bucket reads; bucket, shard, part, root and HEAD writes)
+    # is in turn the one the writer dies at.
+    first = _clustered(20_000, 40, seed=1)
+    tail_live.run_write(first)
+    merging = _clustered(30_000, 40, seed=2)
+    probe = {**QUERY, "vectors": [VECTORS[0].tolist(), NEW_VECTOR.tolist()], "k": 10}
+    before, head = tail_live.run_query(probe), tail_live.head()
+
+    steps = 0
+    while True:
+        steps += 1
+        crash = tail_live.inject(CrashAt(steps))
+        try:
+            landed = tail_live.run_write(merging)
+        except InternalError:
+            assert len(crash.sent) == steps - 1
+            tail_live.heal()
+            assert tail_live.head() == head
+            assert tail_live.run_query(probe)["results"] == before["results"]
+            continue
+        tail_live.heal()
+        break
+
+    assert steps > 12  # the merge made every request the test counts on (crashed at each)
+    assert landed["attempts"] == 1 and landed["merged"] and landed["buckets_split"] >= 1
+    assert (landed["tail_segments"], landed["count"]) == (0, N + 80)
+    for event in (first, merging):  # every row of both writes, found at distance ~0
+        vectors = [item["vector"] for item in event["items"]]
+        got = tail_live.run_query({**QUERY, "vectors": vectors, "k": 1})
+        assert [hits[0]["id"] for hits in got["results"]] == [item["id"] for item in event["items"]]
+        assert max(hits[0]["distance"] for hits in got["results"]) < 1e-6
 
 
 #: A rebuild split into at most 2**2 = 4 buckets and one id shard: HEAD, 5 uploads, manifest, HEAD.
