@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog
-from .bucket import dedup_keys
+from . import catalog, tail
 from .calibration import KS, SAMPLE, curves_from_ranks, exact_neighbours, probes_for, read_positions
 from .errors import InvalidRequest
 from .storage import ObjectStore
@@ -49,7 +48,7 @@ class Recalibration:
 
 def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recalibration:
     """Measure the live version's recall curves anew and publish them (CAS on HEAD)."""
-    from .writer import load_buckets  # the one bucket reader of the write path
+    from .writer import load_buckets, load_segments  # the write path's readers
 
     snap = catalog.read_live(store, collection)
     m = snap.manifest
@@ -57,12 +56,16 @@ def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recali
     if not nonempty:
         raise InvalidRequest("collection", f"{collection!r} is empty; nothing to calibrate")
     buckets = load_buckets(store, m, nonempty)
+    # Rows the unmerged tail overrides are not part of the collection; the tail's own rows are
+    # left out of the sample too: every query scans them, so they are found at any probe count.
+    pending = tail.overlay(load_segments(store, m), m.dim)
     vectors, keys, owners = [], [], []
     for b in nonempty:
         bucket = buckets[b]
-        vectors.append(bucket.vectors.astype(np.float32))
-        keys.append(bucket.keys if bucket.keys is not None else dedup_keys(bucket.ids.to_numpy()))
-        owners.append(np.full(bucket.count, b, np.int64))
+        keep = ~pending.hides(bucket.row_keys())
+        vectors.append(bucket.vectors[keep].astype(np.float32))
+        keys.append(bucket.row_keys()[keep])
+        owners.append(np.full(int(keep.sum()), b, np.int64))
     all_keys = np.concatenate(keys)
     all_owner = np.concatenate(owners)
     order = np.argsort(all_keys, kind="stable")

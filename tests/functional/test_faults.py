@@ -587,7 +587,9 @@ def test_a_maintenance_commit_crashing_at_each_request_in_turn_leaves_the_previo
         break
 
     assert steps > 12  # the merge made every request the test counts on (crashed at each)
-    assert landed["attempts"] == 1 and landed["merged"] and landed["buckets_split"] >= 1
+    assert landed["attempts"] == 1
+    assert landed["merged"]
+    assert landed["buckets_split"] >= 1
     assert (landed["tail_segments"], landed["count"]) == (0, N + 80)
     for event in (first, merging):  # every row of both writes, found at distance ~0
         vectors = [item["vector"] for item in event["items"]]

@@ -25,7 +25,9 @@ from kdbuckets.manifest import Manifest
 from kdbuckets.storage import ObjectStore
 
 ENTRIES = 64  # SHARD_ENTRIES for this test: a fresh build of 2,010 ids has 32 shards
-PARAMS = BuildParams(metric="l2", bucket_size=50, refine=0, replicate=0.0)
+PARAMS = BuildParams(
+    metric="l2", bucket_size=50, refine=0, replicate=0.0, tail_rows=0
+)  # writes reach the directory
 DIM = 8
 
 

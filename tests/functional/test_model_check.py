@@ -56,7 +56,7 @@ from hypothesis.stateful import (
 from moto import mock_aws
 
 from devtools import local
-from kdbuckets import catalog, directory, layout, storage, writer
+from kdbuckets import catalog, directory, layout, storage, tail, writer
 from kdbuckets.bucket import decode_bucket, dedup_keys
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.collection import make_collection
@@ -110,6 +110,7 @@ class BuildSpec:
     projection: str
     labelled: bool
     metadata: bool
+    tail_rows: int | None
 
 
 builds = st.builds(
@@ -125,6 +126,7 @@ builds = st.builds(
     projection=st.sampled_from(["pca", "none"]),
     labelled=st.booleans(),
     metadata=st.booleans(),
+    tail_rows=st.sampled_from([None, 0, 3, 25]),  # automatic, none, merged often, rarely
 )
 
 
@@ -211,6 +213,18 @@ def check_storage(
         [layout.id_shard_key(NAME, fp) for fp in m.id_shards]
         + [layout.bucket_key(NAME, fp) for fp in m.buckets.fingerprints]
     )
+    # The tail: its live rows are the model's; the keys it mentions are the only ones whose
+    # bucket rows (and directory entries) may be stale until a merge.
+    pending = tail.overlay(writer.load_segments(store, m), m.dim)
+    shadow = set(pending.shadow.tolist())
+    in_tail = set(pending.live.keys.tolist())
+    assert len(in_tail) == pending.live.count, "the tail's live rows hold a key twice"
+    if m.tail:
+        event("a version with an unmerged tail")
+    tail_meta = pending.live.metadata.take(np.arange(pending.live.count)) if pending.live.metadata else None
+    for row, k in enumerate(pending.live.keys.tolist()):
+        assert k in key_to_id, f"the tail holds a dead key {k}"
+        _check_row(state, m, dtype, key_to_id[k], pending.live, row, tail_meta)
 
     # The directory: every shard decodes, holds only keys that hash to it, and together the
     # shards hold exactly the live keys.
@@ -226,8 +240,8 @@ def check_storage(
             assert k not in where, f"key {k} is in the directory twice"
             assert p != q, f"key {k} names bucket {p} as primary and secondary"
             where[k] = (p, q)
-    dead = set(where) - set(key_to_id)
-    missing = set(key_to_id) - set(where)
+    dead = set(where) - set(key_to_id) - shadow  # deleted in the tail: leaves at its merge
+    missing = set(key_to_id) - set(where) - in_tail  # new in the tail: joins at its merge
     assert not dead, f"the directory still lists deleted ids {sorted(key_to_id.get(k, k) for k in dead)}"
     assert not missing, f"live ids missing from the directory: {sorted(key_to_id[k] for k in missing)}"
 
@@ -247,22 +261,14 @@ def check_storage(
         metadata = bucket.metadata.take(np.arange(bucket.count)) if bucket.metadata is not None else None
         for row, k in enumerate(keys.tolist()):
             the_id = bucket_ids[row].item()
+            named = where.get(k, ())
+            assert b in named, f"bucket {b} holds id {the_id!r}; the directory names {named}"
+            seen.setdefault(k, set()).add(b)
+            if k in shadow:
+                continue  # overridden by the tail (upserted again or deleted): stale until merged
             assert k in key_to_id, f"bucket {b} holds id {the_id!r}, which the model does not have (dead)"
             assert the_id == key_to_id[k]
-            assert b in where[k], f"bucket {b} holds id {the_id!r}; the directory names {where[k]}"
-            seen.setdefault(k, set()).add(b)
-            item = state.items[the_id]
-            expected = item.vector.astype(np.dtype(dtype)).astype(np.float32)
-            np.testing.assert_allclose(
-                bucket.vectors[row], expected, rtol=1e-6, atol=1e-7, err_msg=f"vector of {the_id!r}"
-            )
-            label = None
-            if bucket.labels is not None and bucket.labels[row] >= 0:
-                assert m.label_names is not None
-                label = m.label_names[int(bucket.labels[row])]
-            assert label == item.label, f"label of {the_id!r}: stored {label!r}, model {item.label!r}"
-            meta = None if metadata is None else metadata[row]
-            assert meta == item.metadata, f"metadata of {the_id!r}: stored {meta!r}, model {item.metadata!r}"
+            _check_row(state, m, dtype, the_id, bucket, row, metadata)
     for k, (p, q) in where.items():
         named = {p} | ({q} if q >= 0 else set())
         assert seen.get(k, set()) == named, (
@@ -270,6 +276,24 @@ def check_storage(
             f"it is stored in {sorted(seen.get(k, set()))}"
         )
     return m
+
+
+def _check_row(
+    state: State, m: Manifest, dtype: str, the_id: Any, rows: Any, row: int, metadata: list[Any] | None
+) -> None:
+    """A stored row (of a bucket or the tail) has the model's vector, label and metadata."""
+    item = state.items[the_id]
+    expected = item.vector.astype(np.dtype(dtype)).astype(np.float32)
+    np.testing.assert_allclose(
+        rows.vectors[row], expected, rtol=1e-6, atol=1e-7, err_msg=f"vector of {the_id!r}"
+    )
+    label = None
+    if rows.labels is not None and rows.labels[row] >= 0:
+        assert m.label_names is not None
+        label = m.label_names[int(rows.labels[row])]
+    assert label == item.label, f"label of {the_id!r}: stored {label!r}, model {item.label!r}"
+    meta = None if metadata is None else metadata[row]
+    assert meta == item.metadata, f"metadata of {the_id!r}: stored {meta!r}, model {item.metadata!r}"
 
 
 def check_result(
@@ -386,6 +410,7 @@ class WritePathMachine(RuleBasedStateMachine):
             split=spec.split,
             projection=spec.projection,
             seed=spec.seed,
+            tail_rows=spec.tail_rows,
         )
         result = build_index(self.store, NAME, data, params, replace=replace)
         prepared = _prepare(raw, self.cfg.metric)

@@ -11,7 +11,9 @@ from kdbuckets.collection import Collection, make_collection
 from kdbuckets.errors import CorruptObject, InvalidRequest
 from kdbuckets.storage import ObjectStore
 
-PARAMS = BuildParams(metric="l2", bucket_size=20, refine=0, replicate=0.0)
+#: No tail: these tests pin the copy-on-write commit of buckets (tests/unit/test_tail.py and
+#: tests/functional/test_tail_writes.py pin the tail's).
+PARAMS = BuildParams(metric="l2", bucket_size=20, refine=0, replicate=0.0, tail_rows=0)
 RNG = np.random.default_rng(7)
 VECTORS = RNG.normal(size=(200, 8)).astype(np.float32)
 
