@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, layout
+from . import catalog, layout, tail
 from .calibration import probes_for
 from .codec import fingerprint
 from .errors import CollectionNotFound, Conflict, CorruptObject
@@ -119,6 +119,14 @@ def describe_version(store: ObjectStore, collection: str, version: str) -> dict[
         "bytes": int(m.buckets.sizes.sum()),
         "label_names": len(m.label_names or []),
         "id_shards": len(m.id_shards),
+        # the unmerged tail of writes: what every query scans, and when a write merges it
+        "tail": {
+            "segments": len(m.tail),
+            "rows": sum(t.rows for t in m.tail),
+            "deletes": sum(t.deletes for t in m.tail),
+            "bytes": sum(t.size for t in m.tail),
+            "limit": tail.tail_limit(m.params, int(m.buckets.sizes.sum()), m.dim),
+        },
         "calibration": None
         if calibration is None
         else {
