@@ -487,17 +487,18 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=90.0)
     parser.add_argument(
         "--only",
-        choices=["startup", "recall_k", "distributed", "hierarchy", "by_example", "queue_writes"],
+        choices=["startup", "recall_k", "distributed", "hierarchy", "by_example", "queue_writes", "tail"],
         help="measure one section and replace just that section of an existing REPORT.md",
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only is not None:
-        if args.only in ("distributed", "hierarchy", "by_example", "queue_writes"):
+        if args.only in ("distributed", "hierarchy", "by_example", "queue_writes", "tail"):
             import importlib
 
-            section = importlib.import_module(f"bench.{args.only}").measure_section([])
+            module = {"tail": "tail_writes"}.get(args.only, args.only)
+            section = importlib.import_module(f"bench.{module}").measure_section([])
         else:
             section = measure_startup(args) if args.only == "startup" else recall_k.measure_section()
         replace_section(out / "REPORT.md", args.only, section)

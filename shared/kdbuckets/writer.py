@@ -1,9 +1,17 @@
-"""Upserts and deletes by id without a rebuild: copy-on-write of the touched buckets only.
+"""Upserts and deletes by id without a rebuild: to the unmerged tail, or copy-on-write of buckets.
 
-One write = read HEAD and its manifest → look the ids up in the id directory (only the shards
-they hash to) → route new vectors to their buckets → rewrite just those buckets and shards
-under new fingerprints → publish a new manifest by compare-and-swap on HEAD. A write of m
-vectors touches O(m) buckets and shards, never the whole collection.
+One write = read HEAD and its manifest (and the tail's segments) → is each id live now (the
+tail's newest mention, else the id directory: only the shards the ids hash to) → then either
+
+- **tail** (while it holds at most :func:`kdbuckets.tail.tail_limit` rows plus deletes): PUT
+  one small segment with the write's rows and deletes (absorbing the newest segments that are
+  no larger) and a new root listing it — no bucket, part or directory shard is touched; or
+- **merge**: the tail and this write, net of each other, go into the buckets in one commit —
+  route new vectors to their buckets (and a ``replicate`` share of them to a second one, as a
+  build does), rewrite just those buckets and directory shards under new fingerprints, run the
+  local maintenance below, and publish a manifest with an empty tail.
+
+Either way the new manifest is published by compare-and-swap on HEAD.
 
 Concurrency: the CAS makes a write atomic. When another writer published first, the whole
 write is redone on the new state (with jittered backoff), so no acknowledged write is lost:
@@ -13,9 +21,9 @@ Routing: an index whose buckets are exactly the tree's leaves (``refine`` 0, no 
 routes a new vector down the tree; a refined index routes it to the nearest bucket centroid,
 the rule its buckets were refined by. A bucket that grows past ``SPLIT_FACTOR × bucket_size``
 is split locally (the leaf becomes a tree node with two leaves); in a refined collection the
-write also merges touched buckets under a floor and reassigns the split buckets' neighbours,
+merge also merges touched buckets under a floor and reassigns the split buckets' neighbours,
 a bounded number of buckets per commit (:mod:`kdbuckets.maintenance`). ``compact`` rebuilds
-the collection with every bucket at most ``bucket_size`` rows.
+the collection (tail included) with every bucket at most ``bucket_size`` rows.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .maintenance import Rows
 from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
 from .ranking import bucket_scores
+from .refine import spill
 from .storage import NotFound, ObjectStore
 from .tree import MutableTree
 
@@ -248,8 +257,10 @@ def _merge(
             for b in np.unique(slot[found & (slot >= 0)]).tolist():
                 edits.setdefault(b, _Edit()).remove.append(keys[found & (slot == b)])
     targets = _route(m, rows.vectors) if rows.count else np.zeros(0, np.int64)
-    for b in np.unique(targets).tolist():
-        edits.setdefault(b, _Edit()).add.append(np.flatnonzero(targets == b))
+    seconds = _second_copies(m, rows.vectors, targets)
+    for slot in (targets, seconds):
+        for b in np.unique(slot[slot >= 0]).tolist():
+            edits.setdefault(b, _Edit()).add.append(np.flatnonzero(slot == b))
 
     buckets = load_buckets(store, m, sorted(edits))
     tree = MutableTree(m.tree)
@@ -273,7 +284,7 @@ def _merge(
 
     # Directory: deleted keys go, upserted keys point at their new bucket, split-off rows move.
     _ensure_shards(store, m, shards, np.concatenate([k for k, _, _ in moved] + [np.zeros(0, np.int64)]))
-    changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, moved)
+    changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, seconds, moved)
     live_count = base - int(existing_del[0].sum()) + int((~existing_up[0]).sum())
     id_shards, shard_uploads = _directory_objects(store, m, shards, changed, live_count)
 
@@ -462,6 +473,7 @@ def _update_directory(
     del_keys: np.ndarray,
     up_keys: np.ndarray,
     targets: np.ndarray,
+    seconds: np.ndarray,
     moved: list[tuple[np.ndarray, int, int]],
 ) -> list[int]:
     """Apply the write to the loaded shards in place; returns the shard numbers that changed."""
@@ -469,9 +481,7 @@ def _update_directory(
     del_shard, up_shard = shard_of(del_keys, n_shards), shard_of(up_keys, n_shards)
     for s in set(del_shard.tolist()) | set(up_shard.tolist()):
         up = up_shard == s
-        shards[s] = shards[s].updated(
-            del_keys[del_shard == s], up_keys[up], targets[up], np.full(int(up.sum()), -1)
-        )
+        shards[s] = shards[s].updated(del_keys[del_shard == s], up_keys[up], targets[up], seconds[up])
         changed.add(s)
     if not moved:
         return sorted(changed)
@@ -578,6 +588,21 @@ def _route(m: Manifest, vectors: np.ndarray) -> np.ndarray:
     if m.buckets.rows.any():  # a bucket emptied by a merge keeps a stale centroid: never route to it
         scores[:, m.buckets.rows == 0] = np.inf
     return np.argmin(scores, axis=1).astype(np.int64)
+
+
+def _second_copies(m: Manifest, vectors: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Second bucket of each new row, as a build replicates border vectors; -1: stored once.
+
+    The collection's ``replicate`` fraction of the rows (those whose best second cell costs
+    least, :func:`kdbuckets.refine.spill`) get a copy, so storage stays ``1 + replicate`` and
+    a vector written later is as findable from across a border as one that was built.
+    """
+    fraction = float(m.params.get("replicate", 0.0))
+    alive = np.flatnonzero(m.buckets.rows > 0)
+    if fraction <= 0 or len(vectors) == 0 or len(alive) < 2 or not np.isin(targets, alive).all():
+        return np.full(len(vectors), -1, np.int64)
+    local = spill(vectors, np.searchsorted(alive, targets), m.buckets.centroids[alive], fraction)
+    return np.where(local >= 0, alive[np.maximum(local, 0)], -1).astype(np.int64)
 
 
 def compact(store: ObjectStore, collection: str) -> BuildResult:
