@@ -24,12 +24,17 @@ from typing import Any
 import numpy as np
 
 from . import catalog, tail
+from .bucket import Bucket
 from .calibration import KS, SAMPLE, curves_from_ranks, exact_neighbours, probes_for, read_positions
 from .errors import InvalidRequest
+from .manifest import Manifest
 from .storage import ObjectStore
 
 #: The target whose probes the drift report compares (the searcher's default).
 DRIFT_TARGET = 0.95
+#: Where a manifest counts the rows merged into its buckets since its curves were measured
+#: (a merge re-measures them in its own commit when they pass a share: kdbuckets.writer).
+MERGED_SINCE_CALIBRATION = "merged_since_calibration"
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,35 @@ def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recali
     if not nonempty:
         raise InvalidRequest("collection", f"{collection!r} is empty; nothing to calibrate")
     buckets = load_buckets(store, m, nonempty)
+    pending = tail.overlay(load_segments(store, m), m.dim)
+    version = catalog.new_version()
+    curve, before, after, recall_then = measure(m, buckets, pending, m.version, seed=seed)
+    new = dataclasses.replace(
+        m,
+        version=version,
+        parent=m.version,
+        created_at=catalog.now_iso(),
+        extra={**m.extra, "calibration": curve, MERGED_SINCE_CALIBRATION: 0},
+    )
+    catalog.publish(store, new, snap.etag)
+    return Recalibration(
+        collection, new.version, m.version, int(curve.get("sample", 0)), before, after, recall_then
+    )
+
+
+def measure(
+    m: Manifest, buckets: dict[int, Bucket], pending: tail.Overlay, version: str, *, seed: int = 0
+) -> tuple[dict[str, Any], int | None, int | None, float | None]:
+    """The recall curves of ``m`` measured on its ``buckets`` (every non-empty one), drift included.
+
+    Returns the calibration to store (``measured_at`` = ``version``: the version whose buckets
+    were measured), and the probes the old and the new curves ask for at :data:`DRIFT_TARGET`
+    with the recall@10 the old count reaches now. A merge measures the version it is about to
+    publish this way (:mod:`kdbuckets.writer`); :func:`recalibrate` the live one.
+    """
+    nonempty = sorted(buckets)
     # Rows the unmerged tail overrides are not part of the collection; the tail's own rows are
     # left out of the sample too: every query scans them, so they are found at any probe count.
-    pending = tail.overlay(load_segments(store, m), m.dim)
     vectors, keys, owners = [], [], []
     for b in nonempty:
         bucket = buckets[b]
@@ -66,8 +97,8 @@ def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recali
         vectors.append(bucket.vectors[keep].astype(np.float32))
         keys.append(bucket.row_keys()[keep])
         owners.append(np.full(int(keep.sum()), b, np.int64))
-    all_keys = np.concatenate(keys)
-    all_owner = np.concatenate(owners)
+    all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    all_owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     order = np.argsort(all_keys, kind="stable")
     first = np.ones(len(order), bool)
     first[1:] = all_keys[order][1:] != all_keys[order][:-1]
@@ -77,7 +108,7 @@ def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recali
     secondary = np.full(len(rows), -1, np.int64)
     second = np.flatnonzero(~first)
     secondary[np.searchsorted(np.flatnonzero(first), second, side="right") - 1] = all_owner[order[second]]
-    matrix = np.concatenate(vectors)[rows]
+    matrix = np.concatenate(vectors)[rows] if vectors else np.zeros((0, m.dim), np.float32)
     n = len(rows)
     old = m.extra.get("calibration")
     ranking = m.params.get("ranking", "centroid")
@@ -99,17 +130,7 @@ def recalibrate(store: ObjectStore, collection: str, *, seed: int = 0) -> Recali
         recall_then = float(ten[min(before, len(ten)) - 1])
     curve = {
         **curve,
-        "measured_at": m.version,
+        "measured_at": version,
         "drift": {"probes_before": before, "recall_before_probes": recall_then},
     }
-    new = dataclasses.replace(
-        m,
-        version=catalog.new_version(),
-        parent=m.version,
-        created_at=catalog.now_iso(),
-        extra={**m.extra, "calibration": curve},
-    )
-    catalog.publish(store, new, snap.etag)
-    return Recalibration(
-        collection, new.version, m.version, int(curve.get("sample", 0)), before, after, recall_then
-    )
+    return curve, before, after, recall_then

@@ -136,6 +136,8 @@ def describe_version(store: ObjectStore, collection: str, version: str) -> dict[
             # set by a recalibration: the version it measured, and what the older curve asked for
             "measured_at": calibration.get("measured_at"),
             "drift": calibration.get("drift"),
+            # rows merged into the buckets since (a merge re-measures past 10% of the count)
+            "merged_since": int(m.extra.get("merged_since_calibration", 0)),
         },
     }
 

@@ -47,12 +47,20 @@ from .maintenance import Rows
 from .manifest import BucketTable, Manifest
 from .metadata import MetadataColumns
 from .ranking import bucket_scores
+from .recalibrate import MERGED_SINCE_CALIBRATION
 from .refine import spill
 from .storage import NotFound, ObjectStore
 from .tree import MutableTree
 
 MAX_ATTEMPTS = 8
 SPLIT_FACTOR = 2
+#: A merge that brings the rows merged since the curves were measured to this share of the
+#: collection re-measures them right after its commit (:mod:`kdbuckets.recalibrate`), so
+#: ``recall_target`` follows the data without anyone asking ...
+RECALIBRATE_SHARE = 0.1
+#: ... when the collection's decoded buckets fit this (measuring holds them all at once; a
+#: larger collection reports ``recalibration_due`` and is recalibrated explicitly).
+AUTO_RECALIBRATE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,11 @@ class WriteResult:
     tail_segments: int = 0
     #: did this commit merge the tail into the buckets (or write to them directly)
     merged: bool = False
+    #: the merge re-measured the recall curves on the version it published (same commit)
+    recalibrated: bool = False
+    #: rows merged since the curves were measured passed the share, but the collection is too
+    #: large to recalibrate inside a write: run the ``recalibrate`` operation
+    recalibration_due: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -286,6 +299,7 @@ def _merge(
     _ensure_shards(store, m, shards, np.concatenate([k for k, _, _ in moved] + [np.zeros(0, np.int64)]))
     changed = _update_directory(shards, n_shards, del_keys, up_keys, targets, seconds, moved)
     live_count = base - int(existing_del[0].sum()) + int((~existing_up[0]).sum())
+    since = int(m.extra.get(MERGED_SINCE_CALIBRATION, 0)) + rows.count + len(del_keys)
     id_shards, shard_uploads = _directory_objects(store, m, shards, changed, live_count)
 
     fingerprints = list(m.buckets.fingerprints) + [""] * (next_bucket - m.n_buckets)
@@ -309,8 +323,14 @@ def _merge(
         buckets=BucketTable(fingerprints, sizes, counts, centroids),
         id_shards=id_shards,
         tail=(),  # parts this write leaves as they were are not PUT again (m.stored)
+        extra={**m.extra, MERGED_SINCE_CALIBRATION: since},
     )
+    due = since >= RECALIBRATE_SHARE * max(live_count, 1)
+    decoded = int(sizes.sum()) * (2 if m.dtype == "float16" else 1)
+    if due and decoded <= AUTO_RECALIBRATE_BYTES:
+        manifest = _recalibrated(store, manifest, new_buckets)
     catalog.publish(store, manifest, snap.etag)
+    calibrated = manifest.extra.get(MERGED_SINCE_CALIBRATION, 0) == 0
     return WriteResult(
         collection=m.collection,
         version=manifest.version,
@@ -318,8 +338,33 @@ def _merge(
         buckets_split=done.splits,
         count=manifest.count,
         merged=True,
+        recalibrated=calibrated,
+        recalibration_due=due and not calibrated,
         **figures,
     )
+
+
+def _recalibrated(
+    store: ObjectStore, manifest: Manifest, written: dict[int, tuple[bytes, Any, int]]
+) -> Manifest:
+    """``manifest`` (about to be published, tail empty) with its recall curves measured anew.
+
+    The buckets this commit wrote are decoded from their bodies; the others are read (one
+    parallel round). Measured on exactly the version that will carry the curves.
+    """
+    from .recalibrate import measure
+
+    nonempty = [b for b in range(manifest.n_buckets) if manifest.buckets.rows[b] > 0]
+    buckets = {
+        b: decode_bucket(
+            written[b][0], key=layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b])
+        )
+        for b in nonempty
+        if b in written
+    }
+    buckets.update(load_buckets(store, manifest, [b for b in nonempty if b not in written]))
+    curve, *_ = measure(manifest, buckets, tail.overlay([], manifest.dim), manifest.version)
+    return replace(manifest, extra={**manifest.extra, "calibration": curve, MERGED_SINCE_CALIBRATION: 0})
 
 
 # -- preparing the request ----------------------------------------------------------------
