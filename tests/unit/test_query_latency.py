@@ -21,13 +21,14 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
-from kdbuckets import distances
+from kdbuckets import catalog, distances
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.calibration import probes_for
 from kdbuckets.collection import make_collection
 from kdbuckets.errors import InvalidRequest
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
+from kdbuckets.writer import write
 
 HELD_OUT = 200
 
@@ -145,7 +146,7 @@ class Rounds:
                 barrier.abort()  # nobody may stay waiting on a round that will not fill
 
 
-_KIND = re.compile(r"/(HEAD|manifests|parts|buckets)(?:/|$)")
+_KIND = re.compile(r"/(HEAD|manifests|parts|buckets|tail)(?:/|$)")
 
 
 def test_a_warm_query_needs_one_round_of_gets_even_when_head_is_revalidated(index: Any) -> None:
@@ -198,6 +199,42 @@ def test_a_cold_query_of_a_collection_in_many_parts_needs_four_rounds(module_s3_
     assert again.stats.parts_fetched == 0
     assert sorted(warm.kinds[0]) == ["HEAD", "buckets", "buckets", "buckets"]
     assert warm.extra == []
+
+
+def test_the_tail_is_read_in_the_same_round_as_the_buckets_and_a_warm_query_is_one_round(
+    module_s3_store: ObjectStore,
+) -> None:
+    """HEAD → root → its part → buckets and tail segments together; warm: one round again."""
+    vectors = clustered(600, 12, seed=9)
+    data = make_collection(vectors, None, None, metric="l2")
+    build_index(module_s3_store, "tailq", data, BuildParams(metric="l2", bucket_size=20, tail_rows=100))
+    new = clustered(30, 12, seed=10)
+    for start in (0, 20, 25):  # segments of 20, 5 and 5 rows: the last absorbs the one before
+        ids = np.arange(10_000 + start, 10_000 + start + (20 if start == 0 else 5))
+        write(
+            module_s3_store,
+            "tailq",
+            upserts=make_collection(new[start : start + len(ids)], ids, None, metric="l2"),
+        )
+    segments = len(catalog.read_live(module_s3_store, "tailq").manifest.tail)
+    assert segments == 2
+
+    with Rounds([1, 1, 1, 3 + segments]).watching(module_s3_store) as rounds:
+        cold = Searcher(module_s3_store, head_ttl=0.0)
+        result = cold.search("tailq", new[:1], k=5, probes=3)
+
+    assert rounds.broken == []
+    assert rounds.extra == []
+    assert sorted(rounds.kinds[3]) == ["buckets"] * 3 + ["tail"] * segments
+    assert (result.stats.segments_fetched, result.stats.tail_rows, result.stats.fetch_rounds) == (2, 30, 1)
+    assert result.ids[0][0] == 10_000  # found in the tail
+    cold.buckets.clear()
+    with Rounds([4]).watching(module_s3_store) as warm:  # HEAD revalidation + 3 buckets; segments cached
+        again = cold.search("tailq", new[:1], k=5, probes=3)
+    assert sorted(warm.kinds[0]) == ["HEAD", "buckets", "buckets", "buckets"]
+    assert warm.extra == []
+    assert again.stats.segments_fetched == 0
+    assert again.ids == result.ids
 
 
 def test_the_disk_tier_serves_buckets_through_read_only_maps(index: Any, tmp_path: Any) -> None:
