@@ -27,6 +27,8 @@ MAX_DEPTH = 64
 MAX_SEED = 2**32 - 1
 MAX_REFINE = 50
 MAX_PART_BUCKETS = 1 << 20
+#: A query holds the whole decoded tail (rows × dim × 4 bytes) while it scans it.
+MAX_TAIL_ROWS = 65_536
 PROJECTIONS = ("none", "pca")
 DTYPES = ("float32", "float16")
 
@@ -77,7 +79,7 @@ class BuildParams(RequestModel):
     part_buckets: Annotated[int, Field(ge=0, le=MAX_PART_BUCKETS)] | None = None
     #: rows plus deletes the unmerged tail of writes holds before a write merges it into the
     #: buckets (kdbuckets.tail); unset: automatic (merges amortised, ≤ 4 buckets' worth); 0: none
-    tail_rows: Annotated[int, Field(ge=0, le=MAX_BUCKET_SIZE)] | None = None
+    tail_rows: Annotated[int, Field(ge=0, le=MAX_TAIL_ROWS)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -31,6 +31,7 @@ from . import codec
 from .bucket import Bucket, IdColumn, decode_bucket, encode_bucket
 from .errors import CorruptObject
 from .metadata import MetadataColumns
+from .params import MAX_TAIL_ROWS
 
 FORMAT = "kdbuckets/segment"
 FORMAT_VERSION = 1
@@ -273,7 +274,7 @@ def tail_limit(params: dict, stored_bytes: int, dim: int) -> int:
         return int(chosen)
     bucket_size = int(params.get("bucket_size", 1000))
     amortised = stored_bytes // (MERGE_AMORTISATION * 4 * max(dim, 1))
-    return int(max(bucket_size, min(amortised, MAX_TAIL_BUCKETS * bucket_size)))
+    return int(min(max(bucket_size, min(amortised, MAX_TAIL_BUCKETS * bucket_size)), MAX_TAIL_ROWS))
 
 
 def _keys(bucket: Bucket) -> np.ndarray:

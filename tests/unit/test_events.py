@@ -186,6 +186,8 @@ def test_build_params_are_passed_through() -> None:
         ({"split": "median"}, "split"),
         ({"projection": "umap"}, "projection"),
         ({"dtype": "float64"}, "dtype"),
+        ({"tail_rows": -1}, "tail_rows"),
+        ({"tail_rows": 65_537}, "tail_rows"),  # a query holds the whole decoded tail
         ({"source": "s3://b/x.npy"}, "source"),
         ({"source": None}, "source"),
         ({"sources": {}}, "sources"),

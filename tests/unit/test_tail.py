@@ -154,3 +154,5 @@ def test_the_automatic_limit_amortises_merges_within_four_buckets() -> None:
     assert tail.tail_limit(params, stored_bytes=100 * big, dim=384) == 4000  # never past 4 buckets
     assert tail.tail_limit({**params, "tail_rows": 0}, stored_bytes=big, dim=384) == 0
     assert tail.tail_limit({**params, "tail_rows": 7}, stored_bytes=big, dim=384) == 7
+    huge = {"bucket_size": 1_000_000}  # a query holds the whole tail: never past MAX_TAIL_ROWS
+    assert tail.tail_limit(huge, stored_bytes=100 * big, dim=384) == 65_536
