@@ -267,7 +267,7 @@ def tail_limit(params: dict, stored_bytes: int, dim: int) -> int:
     ``tail_rows`` in the build parameters decides (0: no tail, every write goes to the
     buckets); unset, the tail holds enough rows that a merge's rewrite costs about
     :data:`MERGE_AMORTISATION` × each row's float32 size, but never more than
-    :data:`MAX_TAIL_BUCKETS` buckets' worth (queries scan all of it).
+    :data:`MAX_TAIL_BUCKETS` buckets' worth (queries scan all of it), nor past ``MAX_TAIL_ROWS``.
     """
     chosen = params.get("tail_rows")
     if chosen is not None:
