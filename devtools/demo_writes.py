@@ -223,9 +223,11 @@ def receive_all(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
 class S3Requests:
     """Every request a botocore S3 client sends (retries included), by method and object kind.
 
-    Hooked on ``before-send``, so it counts what goes on the wire; ``put_bytes`` sums the
-    ``Content-Length`` of PUTs. ``kind`` is the last path element that names a part of a collection
-    (``HEAD``, ``manifests``, ``buckets``, ``ids``, …), else ``other``.
+    Hooked on ``before-send``, so it counts what goes on the wire; ``put_bytes`` sums the body
+    sizes of PUTs (``X-Amz-Decoded-Content-Length`` when botocore streams a body with a
+    trailing checksum, as it does over HTTPS, else ``Content-Length``). ``kind`` is the last
+    path element that names a part of a collection (``HEAD``, ``manifests``, ``buckets``,
+    ``ids``, …), else ``other``.
     """
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -235,7 +237,8 @@ class S3Requests:
     def __call__(self, request: Any, **_: Any) -> None:
         parts = unquote(urlsplit(request.url).path).split("/")
         kind = next((p for p in reversed(parts[2:]) if p in _KIND), "other")
-        size = int(request.headers.get("Content-Length") or 0)
+        headers = request.headers
+        size = int(headers.get("X-Amz-Decoded-Content-Length") or headers.get("Content-Length") or 0)
         with self.lock:
             self.counts[(request.method, kind)] += 1
             if request.method == "PUT":
