@@ -55,12 +55,9 @@ from .tree import MutableTree
 MAX_ATTEMPTS = 8
 SPLIT_FACTOR = 2
 #: A merge that brings the rows merged since the curves were measured to this share of the
-#: collection re-measures them right after its commit (:mod:`kdbuckets.recalibrate`), so
-#: ``recall_target`` follows the data without anyone asking ...
+#: collection re-measures them in its own commit (:func:`kdbuckets.recalibrate.measure`: every
+#: bucket read in bounded rounds), so ``recall_target`` follows the data without anyone asking.
 RECALIBRATE_SHARE = 0.1
-#: ... when the collection's decoded buckets fit this (measuring holds them all at once; a
-#: larger collection reports ``recalibration_due`` and is recalibrated explicitly).
-AUTO_RECALIBRATE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,6 @@ class WriteResult:
     merged: bool = False
     #: the merge re-measured the recall curves on the version it published (same commit)
     recalibrated: bool = False
-    #: rows merged since the curves were measured passed the share, but the collection is too
-    #: large to recalibrate inside a write: run the ``recalibrate`` operation
-    recalibration_due: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -325,12 +319,9 @@ def _merge(
         tail=(),  # parts this write leaves as they were are not PUT again (m.stored)
         extra={**m.extra, MERGED_SINCE_CALIBRATION: since},
     )
-    due = since >= RECALIBRATE_SHARE * max(live_count, 1)
-    decoded = int(sizes.sum()) * (2 if m.dtype == "float16" else 1)
-    if due and decoded <= AUTO_RECALIBRATE_BYTES:
+    if since >= RECALIBRATE_SHARE * max(live_count, 1):
         manifest = _recalibrated(store, manifest, new_buckets)
     catalog.publish(store, manifest, snap.etag)
-    calibrated = manifest.extra.get(MERGED_SINCE_CALIBRATION, 0) == 0
     return WriteResult(
         collection=m.collection,
         version=manifest.version,
@@ -338,8 +329,7 @@ def _merge(
         buckets_split=done.splits,
         count=manifest.count,
         merged=True,
-        recalibrated=calibrated,
-        recalibration_due=due and not calibrated,
+        recalibrated=manifest.extra.get(MERGED_SINCE_CALIBRATION) == 0,
         **figures,
     )
 
@@ -349,21 +339,24 @@ def _recalibrated(
 ) -> Manifest:
     """``manifest`` (about to be published, tail empty) with its recall curves measured anew.
 
-    The buckets this commit wrote are decoded from their bodies; the others are read (one
-    parallel round). Measured on exactly the version that will carry the curves.
+    The buckets this commit wrote are decoded from their bodies; the others are read, in
+    rounds of bounded memory (:func:`kdbuckets.recalibrate.measure`). Measured on exactly the
+    version that will carry the curves.
     """
     from .recalibrate import measure
 
-    nonempty = [b for b in range(manifest.n_buckets) if manifest.buckets.rows[b] > 0]
-    buckets = {
-        b: decode_bucket(
-            written[b][0], key=layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b])
-        )
-        for b in nonempty
-        if b in written
-    }
-    buckets.update(load_buckets(store, manifest, [b for b in nonempty if b not in written]))
-    curve, *_ = measure(manifest, buckets, tail.overlay([], manifest.dim), manifest.version)
+    def load(which: list[int]) -> dict[int, Bucket]:
+        out = {
+            b: decode_bucket(
+                written[b][0], key=layout.bucket_key(manifest.collection, manifest.buckets.fingerprints[b])
+            )
+            for b in which
+            if b in written
+        }
+        out.update(load_buckets(store, manifest, [b for b in which if b not in written]))
+        return out
+
+    curve, *_ = measure(manifest, load, tail.overlay([], manifest.dim), manifest.version)
     return replace(manifest, extra={**manifest.extra, "calibration": curve, MERGED_SINCE_CALIBRATION: 0})
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdbuckets import catalog, writer
+from kdbuckets import catalog, tail, writer
 from kdbuckets.builder import BuildParams, build_index
 from kdbuckets.calibration import exact_neighbours
 from kdbuckets.collection import make_collection
-from kdbuckets.recalibrate import recalibrate
+from kdbuckets.recalibrate import measure, recalibrate
 from kdbuckets.searcher import Searcher
 from kdbuckets.storage import ObjectStore
 from kdbuckets.versions import describe_version
@@ -94,3 +94,43 @@ def test_merges_remeasure_the_curves_once_a_tenth_of_the_collection_was_merged(
     assert report.probes_after is not None
     assert abs(report.probes_after - probes) <= 1
     assert auto >= 0.9
+
+
+def test_a_measurement_in_rounds_of_bounded_memory_equals_the_one_held_at_once(
+    s3_store: ObjectStore,
+) -> None:
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(1200, D)).astype(np.float32)
+    build_index(
+        s3_store,
+        "cal",
+        make_collection(vectors, np.arange(1200), None, metric="l2"),
+        BuildParams(metric="l2", bucket_size=50, replicate=0.25),
+    )
+    write(
+        s3_store,
+        "cal",
+        upserts=make_collection(
+            rng.normal(size=(30, D)).astype(np.float32), np.arange(5, 35), None, metric="l2"
+        ),
+    )  # overrides 30 rows
+    m = catalog.read_live(s3_store, "cal").manifest
+    assert m.tail  # the tail hides 30 bucket rows from the measurement
+    pending = tail.overlay(writer.load_segments(s3_store, m), D)
+    loads: list[int] = []
+
+    def load(which: list[int]) -> dict:
+        loads.append(len(which))
+        return writer.load_buckets(s3_store, m, which)
+
+    whole, *_ = measure(m, load, pending, m.version)
+    assert loads == [int((m.buckets.rows > 0).sum())]  # one round: every bucket read once
+    loads.clear()
+    rounds, *_ = measure(m, load, pending, m.version, round_bytes=int(m.buckets.sizes.max()) * 3)
+
+    assert len(loads) > 3 * 10  # three passes of many rounds
+    assert max(loads) <= 3
+    assert rounds["sample"] == whole["sample"] == 512
+    for a, b in zip([rounds, *rounds["curves"]], [whole, *whole["curves"]], strict=True):
+        assert a["k"] == b["k"]
+        np.testing.assert_allclose(a["recall"], b["recall"], atol=0.002)
