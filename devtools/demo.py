@@ -62,8 +62,10 @@ def quiet_environment(endpoint: str) -> None:
         POWERTOOLS_LOG_LEVEL="ERROR",
     )
     os.environ.pop("INDEX_PREFIX", None)
-    # Powertools warns (stderr) when a failed invocation flushes no metrics.
+    # Powertools warns (stderr) when a failed invocation flushes no metrics, and — with metrics
+    # disabled, its flush does not clear them — when a warm handler sets its dimension again.
     warnings.filterwarnings("ignore", message="No application metrics to publish")
+    warnings.filterwarnings("ignore", message="Dimension 'operation' has already been added")
 
 
 @contextmanager
@@ -412,6 +414,41 @@ def run_recall(query: Handler, sample: local.Sample, build: dict[str, Any], buck
     print(f"  (probes={default.probes} ran first; later passes find most buckets in the container's cache)")
 
 
+def run_writes(write: Handler, query: Handler, sample: local.Sample) -> None:
+    """Upsert three held-out glosses, find one at distance ~0, delete it: the unmerged tail at work."""
+    rows = list(range(3))
+    items = [
+        {
+            "id": str(sample.query_ids[r]),
+            "vector": sample.queries[r].tolist(),
+            "label": str(sample.query_labels[r]),
+        }
+        for r in rows
+    ]
+    section("Write   upsert 3 held-out vectors, query, delete (write function)")
+    up = write({"collection": local.COLLECTION, "operation": "upsert", "items": items})
+    print(
+        f"upserted {up['upserted']}: count {up['count']:,}, into the tail ({up['tail_segments']} segment, "
+        f"merged into buckets: {up['merged']}, buckets written: {up['buckets_written']})"
+    )
+    probe = {"collection": local.COLLECTION, "vectors": [items[0]["vector"]], "k": 3}
+    found = query(probe)
+    hit = found["results"][0][0]
+    stats = found["stats"]
+    print(f"query {describe(sample, rows[0])}")
+    print(
+        f"  rank 1: {hit['id']} at distance {hit['distance']:.4f} — read from the tail "
+        f"({stats['segments_fetched']} segment, {stats['tail_rows']} rows scanned) in the round of its "
+        f"{stats['probes']} buckets ({stats['cache_hits']} from this container's cache)"
+    )
+    gone = write({"collection": local.COLLECTION, "operation": "delete", "ids": [items[0]["id"]]})
+    again = query(probe)["results"][0]
+    print(
+        f"deleted {gone['deleted']}: count {gone['count']:,}; the same query now returns "
+        f"{[h['id'] for h in again]} (no {items[0]['id']})"
+    )
+
+
 def run_error(query: Handler) -> None:
     """A rejected request: the handler raises, and Lambda reports the error type and message."""
     from kdbuckets import KdBucketsError
@@ -449,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         run_analogy(query, sample)
         bucket_bytes = index_bytes(s3, local.COLLECTION) / build_response["buckets"]
         run_recall(query, sample, build_response, bucket_bytes)
+        run_writes(load_handler("write"), query, sample)
         run_error(query)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
     return 0
