@@ -20,6 +20,7 @@ manifest has no ``curves``: its k = 10 curve then serves every k, as it always d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -207,33 +208,51 @@ def exact_neighbours(
 ) -> np.ndarray:
     """Row ids (nq, k) of each query's k nearest rows, nearest first, ``exclude[i]`` left out of row i.
 
-    Blocked brute force: memory is O(nq × (BLOCK + k)) whatever the collection size. For l2
-    both sides are first shifted by the collection's mean, so that the float32 expansion
-    ‖v‖² − 2q·v does not cancel away the differences of a collection far from the origin.
+    Blocked brute force (:func:`nearest_in_blocks`): memory is O(nq × (BLOCK + k)) whatever the
+    collection size. For l2 both sides are first shifted by the collection's mean.
+    """
+    centre = vectors.mean(axis=0, dtype=np.float64).astype(np.float32) if metric == "l2" else None
+    n = len(vectors)
+    blocks = ((vectors[s : s + BLOCK], np.arange(s, min(s + BLOCK, n))) for s in range(0, n, BLOCK))
+    return nearest_in_blocks(queries, blocks, exclude, metric, k, centre)
+
+
+def nearest_in_blocks(
+    queries: np.ndarray,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray]],
+    exclude: np.ndarray,
+    metric: str,
+    k: int,
+    centre: np.ndarray | None = None,
+) -> np.ndarray:
+    """Ids (nq, k) of each query's k nearest rows among ``blocks`` of (vectors, ids), nearest first.
+
+    ``exclude[i]`` (an id, or -1) is left out of query i; memory O(nq × (block + k)), however
+    many blocks stream by (a recalibration streams a collection's buckets). With ``centre``
+    (l2) both sides are shifted by it, so that the float32 expansion ‖v‖² − 2q·v does not
+    cancel away the differences of a collection far from the origin.
     """
     nq = len(queries)
-    if metric == "l2":
-        centre = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if metric == "l2" and centre is not None:
         queries = queries - centre
     best_d = np.full((nq, k), np.inf, dtype=np.float32)
     best_i = np.zeros((nq, k), dtype=np.int64)
-    for start in range(0, len(vectors), BLOCK):
-        block = vectors[start : start + BLOCK]
+    for block, ids in blocks:
         if metric == "l2":
-            block = block - centre
+            if centre is not None:
+                block = block - centre
             d = queries @ block.T
             d *= -2.0
             d += np.einsum("ij,ij->i", block, block)[None, :]  # ‖q‖² is the same along a row
         else:
             d = queries @ block.T
             np.negative(d, out=d)
-        inside = (exclude >= start) & (exclude < start + len(block))
-        d[np.flatnonzero(inside), exclude[inside] - start] = np.inf  # a query is not its own neighbour
+        d[ids[None, :] == exclude[:, None]] = np.inf  # a query is not its own neighbour
         d_all = np.concatenate([best_d, d], axis=1)
         del d
         pick = np.argpartition(d_all, k - 1, axis=1)[:, :k]
         best_d = np.take_along_axis(d_all, pick, axis=1)
         old = np.take_along_axis(best_i, np.minimum(pick, k - 1), axis=1)
-        best_i = np.where(pick < k, old, pick - k + start)
+        best_i = np.where(pick < k, old, ids[np.maximum(pick - k, 0)])
     order = np.argsort(best_d, axis=1, kind="stable")
     return np.take_along_axis(best_i, order, axis=1)

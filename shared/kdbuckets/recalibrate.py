@@ -29,7 +29,7 @@ import numpy as np
 
 from . import catalog, scoring, tail
 from .bucket import Bucket
-from .calibration import BLOCK, KS, SAMPLE, curves_from_ranks, probes_for, read_positions
+from .calibration import BLOCK, KS, SAMPLE, curves_from_ranks, nearest_in_blocks, probes_for, read_positions
 from .errors import InvalidRequest
 from .manifest import Manifest
 from .storage import ObjectStore
@@ -206,39 +206,15 @@ def _streamed_neighbours(
     k: int,
     centre: np.ndarray | None,
 ) -> np.ndarray:
-    """(nq, k) numbers of each query's k nearest unique rows, nearest first, its own (``own``) left out.
+    """(nq, k) numbers of each query's k nearest counted rows, nearest first, its own (``own``) left out."""
 
-    Blocked brute force over the rows as they stream by; memory O(nq × (block + k)). For l2 both
-    sides are shifted by ``centre`` so the float32 expansion does not cancel (as
-    :func:`kdbuckets.calibration.exact_neighbours`).
-    """
-    nq = len(queries)
-    q = queries - centre if centre is not None else queries
-    best_d = np.full((nq, k), np.inf, dtype=np.float32)
-    best_i = np.zeros((nq, k), dtype=np.int64)
-    for got in rounds:
-        for b in sorted(got):
-            bucket = got[b]
-            ids = numbering.of(b, bucket.count)
-            take = ids >= 0
-            if not take.any():
-                continue
-            for start in range(0, int(take.sum()), BLOCK):
-                sel = np.flatnonzero(take)[start : start + BLOCK]
-                block = bucket.vectors[sel]
-                if centre is not None:
-                    block = block - centre
-                    d = q @ block.T
-                    d *= -2.0
-                    d += np.einsum("ij,ij->i", block, block)[None, :]
-                else:
-                    d = q @ block.T
-                    np.negative(d, out=d)
-                d[ids[sel][None, :] == own[:, None]] = np.inf  # a query is not its own neighbour
-                d_all = np.concatenate([best_d, d], axis=1)
-                pick = np.argpartition(d_all, k - 1, axis=1)[:, :k]
-                best_d = np.take_along_axis(d_all, pick, axis=1)
-                old = np.take_along_axis(best_i, np.minimum(pick, k - 1), axis=1)
-                best_i = np.where(pick < k, old, ids[sel][np.maximum(pick - k, 0)])
-    order = np.argsort(best_d, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, axis=1)
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for got in rounds:
+            for b in sorted(got):
+                ids = numbering.of(b, got[b].count)
+                rows = np.flatnonzero(ids >= 0)
+                for start in range(0, len(rows), BLOCK):
+                    sel = rows[start : start + BLOCK]
+                    yield got[b].vectors[sel], ids[sel]
+
+    return nearest_in_blocks(queries, blocks(), own, metric, k, centre)

@@ -25,6 +25,7 @@ from .calibration import probes_for
 from .codec import fingerprint
 from .errors import CollectionNotFound, Conflict, CorruptObject
 from .manifest import Head, Manifest, decode_head, encode_head
+from .recalibrate import MERGED_SINCE_CALIBRATION
 from .storage import NotFound, ObjectInfo, ObjectStore, PreconditionFailed
 
 RECALL_TARGETS = (0.9, 0.95, 0.99)
@@ -137,7 +138,7 @@ def describe_version(store: ObjectStore, collection: str, version: str) -> dict[
             "measured_at": calibration.get("measured_at"),
             "drift": calibration.get("drift"),
             # rows merged into the buckets since (a merge re-measures past 10% of the count)
-            "merged_since": int(m.extra.get("merged_since_calibration", 0)),
+            "merged_since": int(m.extra.get(MERGED_SINCE_CALIBRATION, 0)),
         },
     }
 
